@@ -1,0 +1,1 @@
+"""mask-first: tissue masks first, RGB pixels only for the tiles that hold tissue."""

@@ -1,0 +1,1 @@
+"""Tissue masks, mask overlays and assembly of tile predictions into masks."""

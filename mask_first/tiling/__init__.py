@@ -1,0 +1,1 @@
+"""Tile grids, tile/mask overlap and retained-tile pixel reads."""

@@ -1,1 +1,16 @@
-"""mask-first: tissue masks first, RGB pixels only for the tiles that hold tissue."""
+"""mask-first: tissue masks first, RGB pixels only for the tiles that hold tissue.
+
+The pipeline, one function per step::
+
+    read_slides            slide table: level for a target µm/px, extents, stable id
+    masks.tissue_mask      tissue mask from a low-resolution pyramid level
+    masks.write_mask_overlay   aligned pyramidal TIFF overlay of the mask
+    tiling.grid_tiles      tile coordinates of a slide level
+    tiling.tile_overlay_overlap  per-tile mask coverage, no RGB decoding
+    tiling.read_slide_tiles      RGB pixels of the kept tiles only
+"""
+
+from mask_first.slides import SlideError, open_slide, read_slides
+
+__all__ = ["SlideError", "open_slide", "read_slides"]
+__version__ = "0.1.0"

@@ -1,0 +1,55 @@
+"""Shared fixtures: the real slides in ../shared and small slides made on the fly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_SLIDES = REPO.parent / "shared" / "data" / "slides"
+
+#: real slides whose metadata lacks mpp, with the override the tests use
+MPP_OVERRIDES = {"tcga-cr-7395-01a-01-ts1.svs": 0.25, "kidney-48-5.tif": 0.5}
+
+
+@pytest.fixture(scope="session")
+def shared_slides() -> Path:
+    if not (SHARED_SLIDES / "CMU-1-Small-Region.svs").exists():
+        pytest.skip(f"real slides not found at {SHARED_SLIDES} (clone the project next to ../shared)")
+    return SHARED_SLIDES
+
+
+def write_pyramid_tiff(path: Path, image: np.ndarray, *, mpp: float | None = 0.5, tile: int = 128,
+                       levels: int = 3, compression: str = "jpeg") -> Path:
+    """A generic tiled pyramidal TIFF (separate IFDs, reduced-image bit) made with tifffile."""
+    import tifffile
+
+    with tifffile.TiffWriter(path, bigtiff=False) as tw:
+        img = image
+        for k in range(levels):
+            kwargs = {}
+            if mpp is not None:
+                res = 1e4 / (mpp * 2**k)
+                kwargs = {"resolution": (res, res), "resolutionunit": "CENTIMETER"}
+            tw.write(
+                img, tile=(tile, tile), compression=compression, photometric="rgb",
+                subfiletype=1 if k else 0, metadata=None, **kwargs,
+            )
+            img = img[: img.shape[0] // 2 * 2, : img.shape[1] // 2 * 2]
+            img = img.reshape(img.shape[0] // 2, 2, img.shape[1] // 2, 2, 3).mean(axis=(1, 3)).astype(np.uint8)
+    return path
+
+
+@pytest.fixture
+def textured_image() -> np.ndarray:
+    """(600, 700, 3) uint8 with smooth gradients, so JPEG loss stays small and positions are testable."""
+    y, x = np.mgrid[0:600, 0:700]
+    img = np.stack([(x * 0.3) % 256, (y * 0.4) % 256, ((x + y) * 0.2) % 256], axis=-1)
+    return img.astype(np.uint8)
+
+
+@pytest.fixture
+def small_tiff(tmp_path, textured_image) -> Path:
+    return write_pyramid_tiff(tmp_path / "small.tif", textured_image, compression="zlib")

@@ -1,0 +1,158 @@
+"""Slide metadata, level choice and pixel reads against OpenSlide and the written pixels."""
+
+import numpy as np
+import openslide
+import pytest
+
+from conftest import MPP_OVERRIDES, write_pyramid_tiff
+from mask_first.slides import SlideError, TiffSlide, choose_level, open_slide, read_slides
+
+REAL = [
+    "CMU-1-Small-Region.svs",
+    "CMU-1-Small-Region_generic-pyramid_jpeg.tif",
+    "CMU-1-Small-Region.ome.tif",
+    "tcga-cr-7395-01a-01-ts1.svs",
+    "kidney-48-5.tif",
+    "wsi2dcm_bone_jpeg.dcm",
+    "wsi2dcm_bone_jpeg2000.dcm",
+]
+
+
+def _openslide_on_white(osr, level, x0, y0, w, h):
+    rgba = np.asarray(osr.read_region((x0, y0), level, (w, h))).astype(np.float64)
+    a = rgba[..., 3:] / 255.0
+    return rgba[..., :3] * a + 255.0 * (1 - a)
+
+
+def test_choose_level_is_coarsest_not_coarser_than_target():
+    mpps = [(0.25, 0.25), (0.5, 0.5), (1.0, 1.0), (4.0, 4.0)]
+    assert choose_level(mpps, 0.25) == 0
+    assert choose_level(mpps, 0.9) == 1
+    assert choose_level(mpps, 1.0) == 2
+    assert choose_level(mpps, 1.05) == 2  # within tolerance, never the 4.0 level
+    assert choose_level(mpps, 100) == 3
+    assert choose_level(mpps, 0.1) == 0  # nothing fine enough: level 0
+
+
+def test_small_tiff_levels_mpp_and_pixels(small_tiff, textured_image):
+    with open_slide(small_tiff) as s:
+        assert isinstance(s, TiffSlide)
+        assert s.level_dimensions == [(700, 600), (350, 300), (175, 150)]
+        assert s.mpp_x == pytest.approx(0.5) and s.level_mpp(2) == pytest.approx((2.0, 2.0))
+        # lossless zlib tiles: exact pixels, white beyond the edges
+        region = s.read_region(0, -5, 590, 40, 30)
+        assert (region[:, :5] == 255).all() and (region[10:] == 255).all()
+        np.testing.assert_array_equal(region[:10, 5:], textured_image[590:600, 0:35])
+        np.testing.assert_array_equal(s.read_region(0, 129, 127, 300, 200), textured_image[127:327, 129:429])
+
+
+@pytest.mark.parametrize("name", [n for n in REAL if n != "kidney-48-5.tif"])
+def test_real_slide_regions_match_openslide_read_region(shared_slides, name):
+    path = shared_slides / name
+    with open_slide(path, MPP_OVERRIDES.get(name)) as s:
+        osr = openslide.OpenSlide(str(path))
+        w, h = s.levels[0].width, s.levels[0].height
+        for x, y in [(-17, -9), (w // 3, h // 4), (w - 120, h - 70)]:
+            ours = s.read_region(0, x, y, 256, 200).astype(np.float64)
+            ref = _openslide_on_white(osr, 0, x, y, 256, 200)
+            assert np.abs(ours - ref).mean() < 1.0, (name, x, y)
+
+
+def test_generic_pyramid_upper_levels_match_openslide(shared_slides):
+    path = shared_slides / "CMU-1-Small-Region_generic-pyramid_jpeg.tif"
+    osr = openslide.OpenSlide(str(path))
+    with open_slide(path) as s:
+        assert s.level_count == osr.level_count
+        assert s.level_dimensions == list(osr.level_dimensions)
+        for level in range(1, s.level_count):
+            w, h = s.level_dimensions[level]
+            ours = s.read_region(level, 0, 0, w, h).astype(np.float64)
+            ref = _openslide_on_white(osr, level, 0, 0, w, h)
+            assert np.abs(ours - ref).mean() < 1.0, level
+
+
+def test_ome_subifd_pyramid_levels_are_read(shared_slides):
+    # OpenSlide sees one level here; tifffile reads the SubIFD pyramid
+    with open_slide(shared_slides / "CMU-1-Small-Region.ome.tif") as s:
+        assert s.vendor == "ome"
+        assert s.level_dimensions == [(2220, 2967), (1110, 1483), (555, 741), (277, 370)]
+        assert s.mpp_x == pytest.approx(0.499)
+        with open_slide(shared_slides / "CMU-1-Small-Region_generic-pyramid_jpeg.tif") as g:
+            a = s.read_level(2).astype(float)
+            b = g.read_level(2).astype(float)
+            assert np.abs(a - b).mean() < 3  # same scan, independently re-encoded
+
+
+def test_missing_mpp_is_a_clear_error_naming_the_file(shared_slides):
+    with pytest.raises(SlideError, match=r"tcga-cr-7395-01a-01-ts1\.svs: no microns-per-pixel") as err:
+        open_slide(shared_slides / "tcga-cr-7395-01a-01-ts1.svs")
+    assert "\n" not in str(err.value)
+    with open_slide(shared_slides / "tcga-cr-7395-01a-01-ts1.svs", mpp_override=0.25) as s:
+        assert s.level_mpp(1)[0] == pytest.approx(0.25 * 4443 / 2221)
+
+
+def test_strip_tiff_without_openslide_support_reads_with_override(shared_slides):
+    import tifffile
+
+    path = shared_slides / "kidney-48-5.tif"
+    with open_slide(path, mpp_override=0.5) as s:
+        np.testing.assert_array_equal(s.read_level(0), tifffile.imread(path))
+
+
+@pytest.mark.parametrize(
+    "content, cause",
+    [(b"", "file is empty"), (b"this is not a slide\n" * 10, "not a readable slide")],
+)
+def test_bad_files_raise_one_line_errors(tmp_path, content, cause):
+    bad = tmp_path / "bad.svs"
+    bad.write_bytes(content)
+    with pytest.raises(SlideError, match=cause) as err:
+        open_slide(bad)
+    assert str(err.value).startswith("bad.svs") and "\n" not in str(err.value)
+
+
+def test_missing_and_truncated_files(tmp_path, small_tiff):
+    with pytest.raises(SlideError, match="not found"):
+        open_slide(tmp_path / "nope.svs")
+    data = small_tiff.read_bytes()
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(SlideError, match="cut.tif"):
+        open_slide(cut)
+
+
+def test_read_slides_table_rescales_tiles_to_the_chosen_level(small_tiff, tmp_path, textured_image):
+    other = write_pyramid_tiff(tmp_path / "other.tif", textured_image, mpp=0.25, levels=4)
+    df = read_slides([small_tiff, other], mpp=1.0, tile_extent=128, stride=64)
+    a, b = df.iloc[0], df.iloc[1]
+    assert (a.level, a.extent_x, a.extent_y, a.mpp_x) == (1, 350, 300, pytest.approx(1.0))
+    assert (a.tile_extent_x, a.stride_x) == (128, 64)
+    assert (b.level, b.mpp_x) == (2, pytest.approx(1.0))
+    # a level exactly at the target is preferred; tile extents follow the level
+    df2 = read_slides([small_tiff], mpp=0.75, tile_extent=128, stride=128)
+    assert df2.level[0] == 0 and df2.tile_extent_x[0] == 192
+    # stable ids: same inputs, same ids; other tiling, other id
+    again = read_slides([small_tiff, other], mpp=1.0, tile_extent=128, stride=64)
+    assert list(df.id) == list(again.id) and df.id.nunique() == 2
+    assert read_slides([small_tiff], mpp=1.0, tile_extent=256, stride=64).id[0] != df.id[0]
+
+
+def test_read_slides_requires_exactly_one_of_mpp_and_level(small_tiff):
+    with pytest.raises(ValueError, match="exactly one"):
+        read_slides([small_tiff], tile_extent=128, stride=128)
+    with pytest.raises(ValueError, match="exactly one"):
+        read_slides([small_tiff], mpp=1, level=0, tile_extent=128, stride=128)
+    df = read_slides([small_tiff], level=2, tile_extent=64, stride=32)
+    assert (df.level[0], df.extent_x[0], df.tile_extent_x[0]) == (2, 175, 64)
+
+
+def test_every_real_slide_works_or_fails_clearly(shared_slides):
+    for name in REAL:
+        try:
+            df = read_slides([shared_slides / name], mpp=2.0, tile_extent=256, stride=256)
+        except SlideError as err:
+            assert name in str(err) and name in MPP_OVERRIDES, err
+            df = read_slides([shared_slides / name], mpp=2.0, tile_extent=256, stride=256,
+                             mpp_override=MPP_OVERRIDES[name])
+        row = df.iloc[0]
+        assert (row.mpp_x <= 2.0 * 1.1 or row.level == 0) and row.extent_x > 0 and row.tile_extent_x > 0

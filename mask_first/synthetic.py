@@ -128,7 +128,7 @@ _MASK_BLOCK = 1024  # output pixels per side of a ground-truth raster block
 
 
 def _rng(seed: int, stream: int) -> np.random.Generator:
-    return np.random.default_rng([int(seed) & 0xFFFFFFFF, stream, FORMAT_VERSION])
+    return np.random.default_rng([int(seed) % 2**64, stream, FORMAT_VERSION])
 
 
 def _uniform(rng: np.random.Generator, lo: float, hi: float, size: int | None = None) -> Any:
@@ -526,7 +526,7 @@ def _make_pen(width: int, height: int, seed: int, anchor: tuple[float, float, fl
     sweep = float(_uniform(rng, 1.1, 1.6)) * math.pi
     t = start + sweep * np.linspace(0.0, 1.0, 97)
     p1, p2 = _uniform(rng, 0.0, 2.0 * math.pi, 2)
-    radius = r * (1.25 + 0.12 * np.sin(2.0 * t + p1) + 0.06 * np.sin(5.0 * t + p2))
+    radius = r * (1.12 + 0.15 * np.sin(2.0 * t + p1) + 0.06 * np.sin(5.0 * t + p2))
     xs = np.clip(cx + radius * np.cos(t), half_width, width - half_width)
     ys = np.clip(cy + radius * np.sin(t), half_width, height - half_width)
     colour = "blue" if rng.random() < 0.5 else "green"
@@ -638,7 +638,7 @@ def _render_grid(
         eosin = layout.eosin(xs, ys)
         eosin += 0.95
         hema = layout.hematoxylin(xs, ys)
-        hema += 0.22
+        hema += 0.12
         density = layout.density(xs, ys)
         density += 0.45
         np.clip(density, 0.05, 0.95, out=density)

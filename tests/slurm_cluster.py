@@ -71,6 +71,11 @@ MIN_JOB_AGE = 300
 SLURMCTLD_PORT = 6817
 SLURMD_PORT = 6818
 
+# First line of the slurm.conf we write: lets a later run recognise a file left
+# behind by a run that was SIGKILLed before it could restore the original.
+CONF_MARKER = "# Written by mask-first tests/slurm_cluster.py"
+MUNGE_DIR_PREFIX = "maskfirst-munge-"
+
 _SBIN_DIRS = ("/usr/sbin", "/sbin", "/usr/bin", "/bin")
 _DAEMONS = ("munged", "slurmctld", "slurmd")
 _CLIENTS = ("munge", "unmunge", "sbatch", "squeue", "sinfo", "scontrol", "scancel", "srun")
@@ -269,7 +274,7 @@ def _write_slurm_conf(path: Path, *, workdir: Path, munge_socket: Path, node: st
     state = workdir / "state"
     logs = workdir / "log"
     text = f"""\
-# Written by mask-first tests/slurm_cluster.py for a throw-away one-node test
+{CONF_MARKER} for a throw-away one-node test
 # cluster; the original file (if any) is restored when the test ends.
 ClusterName=maskfirst-test
 SlurmctldHost={node}(127.0.0.1)
@@ -319,6 +324,41 @@ PartitionName={PARTITION} Nodes={node} Default=YES MaxTime=INFINITE State=UP
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return text
+
+
+def _take_over_slurm_conf(notes: list[str]) -> Path | None:
+    """Move the current /etc/slurm/slurm.conf aside; return the backup path (or None).
+
+    If the current file is OURS (a SIGKILLed earlier run never restored it),
+    it is not worth keeping: the real original is then the newest
+    slurm.conf.maskfirst-backup-* left by that run, if any.
+    """
+    backups = sorted(SLURM_CONF.parent.glob("slurm.conf.maskfirst-backup-*"), key=lambda p: p.stat().st_mtime)
+    ours = SLURM_CONF.is_file() and SLURM_CONF.read_text(errors="replace").startswith(CONF_MARKER)
+    target = SLURM_CONF.with_name(f"slurm.conf.maskfirst-backup-{os.getpid()}")
+    if ours:
+        notes.append(f"found stale test {SLURM_CONF} from an interrupted run; replaced it")
+        SLURM_CONF.unlink()
+        if backups:
+            os.replace(backups[-1], target)
+            return target
+        return None
+    if SLURM_CONF.exists() or SLURM_CONF.is_symlink():
+        os.rename(SLURM_CONF, target)
+        return target
+    return None
+
+
+def _remove_stale_munge_dirs(notes: list[str]) -> None:
+    """Delete /tmp/maskfirst-munge-* dirs of earlier runs whose munged is gone."""
+    for d in Path("/tmp").glob(MUNGE_DIR_PREFIX + "*"):
+        try:
+            pid = int((d / "munged.pid").read_text().strip())
+        except (OSError, ValueError):
+            pid = None
+        if pid is None or not _pid_alive(pid):
+            shutil.rmtree(d, ignore_errors=True)
+            notes.append(f"removed stale {d}")
 
 
 def _tail(path: Path, n: int = 40) -> str:
@@ -385,7 +425,8 @@ def slurm_cluster(workdir: str | os.PathLike, start_timeout: float = 60.0) -> It
         import pwd
 
         mu = pwd.getpwnam("munge")
-        munge_dir = Path(tempfile.mkdtemp(prefix="maskfirst-munge-", dir="/tmp"))
+        _remove_stale_munge_dirs(notes)
+        munge_dir = Path(tempfile.mkdtemp(prefix=MUNGE_DIR_PREFIX, dir="/tmp"))
         os.chown(munge_dir, mu.pw_uid, mu.pw_gid)
         # 0711: munged insists the socket's directory is executable by all
         # ("Socket is inaccessible") and writable by nobody but its owner.
@@ -403,9 +444,7 @@ def slurm_cluster(workdir: str | os.PathLike, start_timeout: float = 60.0) -> It
         real_memory = max(256, int(mem_total * 0.95))
         if not SLURM_CONF.parent.exists():
             created_conf_dir = True
-        if SLURM_CONF.exists() or SLURM_CONF.is_symlink():
-            conf_backup = SLURM_CONF.with_name(f"slurm.conf.maskfirst-backup-{os.getpid()}")
-            os.rename(SLURM_CONF, conf_backup)
+        conf_backup = _take_over_slurm_conf(notes)
         _write_slurm_conf(SLURM_CONF, workdir=workdir, munge_socket=munge_socket, node=node,
                           layout=layout, real_memory_mb=real_memory)
 
@@ -566,6 +605,7 @@ def run_snakemake_with_profile(
     env: Mapping[str, str] | None = None,
     timeout_s: int = 300,
     log_path: str | os.PathLike | None = None,
+    workflow_profile: str | None = None,
 ) -> subprocess.CompletedProcess:
     """Run `snakemake --profile <profile>` in `directory`, killed after `timeout_s`.
 
@@ -574,7 +614,15 @@ def run_snakemake_with_profile(
     cluster teardown.  SLURM_*/SBATCH_*/SRUN_* are removed from the
     environment (see SlurmCluster.env).  stdout+stderr are merged (Snakemake
     logs to stderr) and, if `log_path` is given, also written there.
-    Returns the CompletedProcess (returncode 137 == killed by timeout).
+    Returns the CompletedProcess (returncode -9/137 == killed by timeout).
+
+    `workflow_profile`: Snakemake ALSO loads `profiles/default/` (searched
+    relative to the cwd and to the Snakefile's directory) as a *workflow
+    profile*, and its keys WIN over `--profile` per key (measured: a
+    `cores: 1` there overrode this profile's cores).  The repository's
+    profiles/default (latency-wait: 5, ...) would therefore silently replace
+    the SLURM profile's values when the real workflow is run from the repo.
+    Pass "none" to disable it, or a path to choose one explicitly.
     """
     directory = Path(directory).resolve()
     cmd = [
@@ -585,6 +633,8 @@ def run_snakemake_with_profile(
     ]
     if snakefile is not None:
         cmd += ["--snakefile", str(Path(snakefile).resolve())]
+    if workflow_profile is not None:
+        cmd += ["--workflow-profile", str(workflow_profile)]
     cmd += list(extra_args)
     run_env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_", "SRUN_"))}
     run_env.update(env or {})

@@ -1,0 +1,30 @@
+# mask-first: tissue masks first, RGB pixels only for the tiles that hold tissue.
+#
+#   snakemake --cores 2                       # demo cohort, generated on the fly
+#   snakemake --cores 8 --config samples=config/slides.tsv
+#   snakemake --profile profiles/slurm        # on a SLURM cluster
+from snakemake.utils import min_version, validate
+
+min_version("8.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/demo.smk"
+include: "workflow/rules/slides.smk"
+include: "workflow/rules/masks.smk"
+include: "workflow/rules/tiles.smk"
+include: "workflow/rules/pixels.smk"
+include: "workflow/rules/qc.smk"
+include: "workflow/rules/heatmaps.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

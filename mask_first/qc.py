@@ -1,0 +1,130 @@
+"""Quality-control pictures: a slide thumbnail with the mask outline and the retained tiles."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+
+from mask_first.slides import Slide
+
+__all__ = ["thumbnail", "qc_thumbnail", "outline", "write_png"]
+
+MASK_COLOUR = np.array([230, 20, 20], np.uint8)
+TILE_COLOUR = np.array([0, 150, 60], np.uint8)
+
+
+def thumbnail(slide: Slide, size: int = 1024) -> tuple[np.ndarray, float, float]:
+    """Slide thumbnail whose longer side is at most ``size`` pixels.
+
+    Reads the coarsest pyramid level that is still at least as fine as the
+    thumbnail, then shrinks it with an area filter.
+
+    Returns
+    -------
+    (ndarray of uint8 (h, w, 3), mpp_x, mpp_y)
+        The thumbnail and its resolution in µm/px.
+    """
+    import pyvips
+
+    w0, h0 = slide.level_dimensions[0]
+    target = max(w0 * slide.mpp_x, h0 * slide.mpp_y) / size  # µm/px of the thumbnail
+    level = slide.best_level_for_mpp(target)
+    img = slide.read_level(level)
+    lmx, lmy = slide.level_mpp(level)
+    tw = max(1, int(round(w0 * slide.mpp_x / target)))
+    th = max(1, int(round(h0 * slide.mpp_y / target)))
+    vimg = pyvips.Image.new_from_array(img)
+    if (vimg.width, vimg.height) != (tw, th):
+        vimg = vimg.resize(tw / vimg.width, vscale=th / vimg.height, kernel="linear")
+    out = vimg.numpy()[:th, :tw]
+    return np.ascontiguousarray(out), w0 * slide.mpp_x / out.shape[1], h0 * slide.mpp_y / out.shape[0]
+
+
+def outline(mask: np.ndarray) -> np.ndarray:
+    """Boolean image of the pixels of ``mask`` (bool, (H, W)) that touch a pixel of the other class."""
+    m = mask.astype(bool)
+    edge = np.zeros_like(m)
+    edge[:-1] |= m[:-1] != m[1:]
+    edge[1:] |= m[1:] != m[:-1]
+    edge[:, :-1] |= m[:, :-1] != m[:, 1:]
+    edge[:, 1:] |= m[:, 1:] != m[:, :-1]
+    return edge & m
+
+
+def _resample_nearest(mask: np.ndarray, mask_mpp, shape, mpp) -> np.ndarray:
+    """Mask values at the centres of a (h, w) grid of ``mpp`` µm/px (nearest neighbour)."""
+    h, w = shape
+    rows = np.floor((np.arange(h) + 0.5) * mpp[1] / mask_mpp[1]).astype(np.int64)
+    cols = np.floor((np.arange(w) + 0.5) * mpp[0] / mask_mpp[0]).astype(np.int64)
+    ok_r = rows < mask.shape[0]
+    ok_c = cols < mask.shape[1]
+    out = np.zeros((h, w), mask.dtype)
+    out[np.ix_(ok_r, ok_c)] = mask[np.ix_(rows[ok_r], cols[ok_c])]
+    return out
+
+
+def qc_thumbnail(
+    slide: Slide,
+    tiles: pd.DataFrame,
+    *,
+    mask: tuple[np.ndarray, tuple[float, float]] | None = None,
+    size: int = 1024,
+) -> np.ndarray:
+    """Thumbnail with the tissue-mask outline (red) and the retained tiles (green).
+
+    Parameters
+    ----------
+    slide : Slide
+    tiles : DataFrame
+        Retained tiles with ``x``, ``y``, ``tile_extent_x/y`` (pixels of their
+        level) and ``mpp_x``, ``mpp_y`` (µm/px of that level).
+    mask : (ndarray (H, W), (mpp_x, mpp_y)), optional
+        Tissue mask (255 = tissue) and its resolution.
+    size : int
+        Longer side of the picture in pixels.
+
+    Returns
+    -------
+    ndarray of uint8, shape (h, w, 3)
+    """
+    img, tmx, tmy = thumbnail(slide, size)
+    h, w = img.shape[:2]
+    if len(tiles):
+        # rasterise all tile rectangles at once with a 2-D difference array
+        sx = float(tiles.mpp_x.iloc[0]) / tmx
+        sy = float(tiles.mpp_y.iloc[0]) / tmy
+        x0 = np.clip(np.floor(tiles.x.to_numpy() * sx).astype(np.int64), 0, w)
+        y0 = np.clip(np.floor(tiles.y.to_numpy() * sy).astype(np.int64), 0, h)
+        x1 = np.clip(np.ceil((tiles.x + tiles.tile_extent_x).to_numpy() * sx).astype(np.int64), 0, w)
+        y1 = np.clip(np.ceil((tiles.y + tiles.tile_extent_y).to_numpy() * sy).astype(np.int64), 0, h)
+        diff = np.zeros((h + 1, w + 1), np.int64)
+        np.add.at(diff, (y0, x0), 1)
+        np.add.at(diff, (y0, x1), -1)
+        np.add.at(diff, (y1, x0), -1)
+        np.add.at(diff, (y1, x1), 1)
+        covered = diff.cumsum(0).cumsum(1)[:h, :w] > 0
+        grid = np.zeros((h, w), bool)
+        cols = np.zeros(w + 1, bool)
+        rows = np.zeros(h + 1, bool)
+        cols[x0] = True
+        rows[y0] = True
+        grid |= cols[None, :w]
+        grid |= rows[:h, None]
+        tint = covered[..., None]
+        img = np.where(tint, (0.75 * img + 0.25 * TILE_COLOUR).astype(np.uint8), img)
+        img[covered & grid] = TILE_COLOUR
+    if mask is not None:
+        m, mmpp = mask
+        resampled = _resample_nearest(m, mmpp, (h, w), (tmx, tmy)) == 255
+        img[outline(resampled)] = MASK_COLOUR
+    return img
+
+
+def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Write (h, w, 3) uint8 as PNG."""
+    import imagecodecs
+
+    with open(path, "wb") as fh:
+        fh.write(imagecodecs.png_encode(np.ascontiguousarray(image)))

@@ -8,7 +8,9 @@ from snakemake.utils import min_version, validate
 min_version("8.0")
 
 
-configfile: "config/config.yaml"
+# defaults live beside the Snakefile, so the workflow also runs from another
+# working directory; --configfile / --config values override them
+configfile: f"{workflow.basedir}/config/config.yaml"
 
 
 validate(config, "workflow/schemas/config.schema.yaml")

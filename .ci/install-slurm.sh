@@ -52,18 +52,21 @@ if [ ! -e "$POLICY" ]; then
     chmod 755 "$POLICY"
     our_policy=1
 fi
-cleanup() { [ "$our_policy" = 1 ] && rm -f "$POLICY"; }
+cleanup() { if [ "$our_policy" = 1 ]; then rm -f "$POLICY"; fi; }
 trap cleanup EXIT
 
 export DEBIAN_FRONTEND=noninteractive
+# Wait (up to 5 min) for a dpkg/apt lock held by another apt run on the same
+# machine instead of failing at once.
+APT_LOCK_WAIT="-o DPkg::Lock::Timeout=300"
 log "installing slurm-wlm munge (missing:$missing) ..."
 # Package lists may be absent on a fresh machine: update first.  A failure
 # here is reported, not fatal (CI goes on, the test skips).
-if ! apt-get update -qq; then
+if ! apt-get $APT_LOCK_WAIT update -qq; then
     log "apt-get update failed; the SLURM integration test will be SKIPPED."
     exit 0
 fi
-if ! apt-get install -y -qq --no-install-recommends slurm-wlm munge >/tmp/install-slurm.apt.log 2>&1; then
+if ! apt-get $APT_LOCK_WAIT install -y -qq --no-install-recommends slurm-wlm munge >/tmp/install-slurm.apt.log 2>&1; then
     tail -n 30 /tmp/install-slurm.apt.log
     log "apt-get install failed; the SLURM integration test will be SKIPPED."
     exit 0

@@ -141,19 +141,22 @@ class NaiveBuilder:
         return self.mask, self.counter
 
 
-def run_updates(builder, coords: np.ndarray, n_batches: int | None, values: np.ndarray) -> tuple[int, float]:
+def run_updates(
+    builder, coords: np.ndarray, n_batches: int | None, values: np.ndarray
+) -> tuple[int, float, float]:
+    """Feed batches; return (tiles, wall seconds, CPU seconds of this process)."""
     n = 0
-    t0 = time.perf_counter()
+    w0, c0 = time.perf_counter(), time.process_time()
     for c in batches(coords, n_batches):
         builder.update_batch(values[: len(c)], c)
         n += len(c)
-    return n, time.perf_counter() - t0
+    return n, time.perf_counter() - w0, time.process_time() - c0
 
 
-def timed(f: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
+def timed(f: Callable[[], object]) -> tuple[float, float]:
+    w0, c0 = time.perf_counter(), time.process_time()
     f()
-    return time.perf_counter() - t0
+    return time.perf_counter() - w0, time.process_time() - c0
 
 
 # --------------------------------------------------------------------------
@@ -167,20 +170,25 @@ def bench_scalar(coords: np.ndarray, repeats: int) -> None:
     probe = MaskBuilder(SOURCE, TILE, 1, STRIDE)
     extents = tuple(probe.mask_extents.tolist())
     cells = int(probe.output_tile_extent[0] * probe.upscale_factor[0])
-    print(f"mask {extents} cells, tile = {cells} x {cells} cells, tiles {len(coords)} (all)")
-    rows = {"naive": [], "builder": []}
+    print(f"mask {extents} cells, tile = {cells} x {cells} cells, every tile ({len(coords)})")
+    rows: dict[str, list[dict[str, float]]] = {"naive": [], "builder": []}
     for _ in range(repeats):
         naive = NaiveBuilder(extents, cells)
-        n, t_up = run_updates(naive, coords, None, values)
-        t_fin = timed(naive.finalize)
-        rows["naive"].append((n, t_up, t_fin))
+        n, w, c = run_updates(naive, coords, None, values)
+        fw, fc = timed(naive.finalize)
+        rows["naive"].append({"n": n, "wall": w, "cpu": c, "fin_wall": fw, "fin_cpu": fc})
         ours = MaskBuilder(SOURCE, TILE, 1, STRIDE)
-        n, t_up = run_updates(ours, coords, None, values)
-        t_fin = timed(ours.finalize)
-        rows["builder"].append((n, t_up, t_fin))
+        n, w, c = run_updates(ours, coords, None, values)
+        fw, fc = timed(ours.finalize)
+        rows["builder"].append({"n": n, "wall": w, "cpu": c, "fin_wall": fw, "fin_cpu": fc})
         np.testing.assert_allclose(ours.finalize()["mask"], naive.mask, rtol=1e-5)
         del naive, ours
-    report_throughput(rows)
+    report_throughput(rows, finalize=True)
+
+
+def _touch_rows(arrays: list[np.ndarray], n_rows: int) -> None:
+    for a in arrays:
+        a[:, :n_rows] = 0
 
 
 def bench_dense_inmemory(coords: np.ndarray, repeats: int, n_batches: int) -> None:
@@ -190,63 +198,70 @@ def bench_dense_inmemory(coords: np.ndarray, repeats: int, n_batches: int) -> No
     extents = tuple(probe.mask_extents.tolist())
     mask_bytes = probe.aggregator.mask.nbytes
     del probe
+    last_row = int(coords[n_batches * BATCH - 1, 0]) * DENSE // TILE + DENSE
     print(
         f"mask {extents} cells = {mask_bytes / GiB:.2f} GiB float32; throughput on the first "
-        f"{n_batches} batches ({n_batches * BATCH} tiles), fresh arrays each repeat"
+        f"{n_batches} batches ({n_batches * BATCH} tiles)"
     )
-    rows = {"naive": [], "builder": []}
-    for _ in range(repeats):
-        naive = NaiveBuilder(extents, DENSE)
-        rows["naive"].append((*run_updates(naive, coords, n_batches, values), 0.0))
-        check = np.array(naive.mask[:, :512, :2048])
-        del naive
-        gc.collect()
-        ours = MaskBuilder(SOURCE, TILE, DENSE, STRIDE)
-        rows["builder"].append((*run_updates(ours, coords, n_batches, values), 0.0))
-        np.testing.assert_allclose(ours._acc[:, :512, :2048], check, rtol=1e-5)
-        del ours
-        gc.collect()
-    report_throughput(rows, finalize=False)
+    for pretouch in (False, True):
+        print(
+            "-- pre-touched arrays (the mask rows these tiles use are written once before "
+            "timing: no page faults) --" if pretouch else
+            "-- fresh arrays each repeat (includes the kernel's first-touch page faults) --"
+        )
+        rows: dict[str, list[dict[str, float]]] = {"naive": [], "builder": []}
+        for _ in range(repeats):
+            naive = NaiveBuilder(extents, DENSE)
+            if pretouch:
+                _touch_rows([naive.mask, naive.counter], last_row)
+            n, w, c = run_updates(naive, coords, n_batches, values)
+            rows["naive"].append({"n": n, "wall": w, "cpu": c})
+            check = np.array(naive.mask[:, :512, :4096])
+            del naive
+            gc.collect()
+            ours = MaskBuilder(SOURCE, TILE, DENSE, STRIDE)
+            if pretouch:
+                _touch_rows([ours.aggregator.mask], last_row)
+            n, w, c = run_updates(ours, coords, n_batches, values)
+            rows["builder"].append({"n": n, "wall": w, "cpu": c})
+            np.testing.assert_allclose(ours.aggregator.mask[:, :512, :4096], check, rtol=1e-5)
+            del ours
+            gc.collect()
+        report_throughput(rows, finalize=False)
 
-    print("-- finalize on the full-size mask (after the same updates) --")
-    base = rss_bytes()
-    tracemalloc.start()
-    ours = MaskBuilder(SOURCE, TILE, DENSE, STRIDE)
-    run_updates(ours, coords, n_batches, values)
-    tracemalloc.reset_peak()
-    with PeakRSS() as peak:
-        t_fin = timed(ours.finalize)
-    _, traced_peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    out = ours.finalize()
-    storage = out["mask"].nbytes + out["overlap_counter"].nbytes
-    print(
-        f"builder: finalize {t_fin:.2f} s; storage (mask + {out['overlap_counter'].dtype} "
-        f"counter) {storage / GiB:.3f} GiB; tracemalloc peak {traced_peak / GiB:.3f} GiB "
-        f"= {traced_peak / storage:.3f} x storage; peak RSS above start "
-        f"{(peak.peak - base) / GiB:.3f} GiB = {(peak.peak - base) / storage:.3f} x storage"
-    )
-    del ours, out
-    gc.collect()
-
-    base = rss_bytes()
-    tracemalloc.start()
-    naive = NaiveBuilder(extents, DENSE)
-    run_updates(naive, coords, n_batches, values)
-    tracemalloc.reset_peak()
-    with PeakRSS() as peak:
-        t_fin = timed(naive.finalize)
-    _, traced_peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    storage = naive.mask.nbytes + naive.counter.nbytes
-    print(
-        f"naive:   finalize {t_fin:.2f} s; storage (mask + uint16 counter) "
-        f"{storage / GiB:.3f} GiB; tracemalloc peak {traced_peak / GiB:.3f} GiB "
-        f"= {traced_peak / storage:.3f} x storage; peak RSS above start "
-        f"{(peak.peak - base) / GiB:.3f} GiB = {(peak.peak - base) / storage:.3f} x storage"
-    )
-    del naive
-    gc.collect()
+    print("-- every tile of the slide, then finalize (one run each, fresh arrays) --")
+    for name in ("builder", "naive"):
+        gc.collect()
+        base = rss_bytes()
+        tracemalloc.start()
+        if name == "builder":
+            b = MaskBuilder(SOURCE, TILE, DENSE, STRIDE)
+        else:
+            b = NaiveBuilder(extents, DENSE)
+        n, w, c = run_updates(b, coords, None, values)
+        tracemalloc.reset_peak()
+        with PeakRSS() as peak:
+            fw, fc = timed(b.finalize)
+        _, traced_peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        if name == "builder":
+            out = b.finalize()
+            arrays = (out["mask"], out["overlap_counter"])
+        else:
+            arrays = (b.mask, b.counter)
+        storage = sum(a.nbytes for a in arrays)
+        print(
+            f"{name:8s}: update {n / w:>9,.0f} tiles/s wall ({n / c:,.0f} tiles/s CPU); finalize "
+            f"{fw:.2f} s wall ({fc:.2f} s CPU)\n"
+            f"          storage mask + {arrays[1].dtype} counter = {storage / GiB:.3f} GiB; during "
+            f"finalize: tracemalloc peak {traced_peak / GiB:.3f} GiB = "
+            f"{traced_peak / storage:.3f} x storage, peak RSS - RSS before building "
+            f"{(peak.peak - base) / GiB:.3f} GiB = {(peak.peak - base) / storage:.3f} x storage"
+        )
+        del b, arrays
+        if name == "builder":
+            del out
+        gc.collect()
 
 
 def bench_dense_memmap(coords: np.ndarray, directory: str | None) -> None:
@@ -257,9 +272,9 @@ def bench_dense_memmap(coords: np.ndarray, directory: str | None) -> None:
     with tempfile.TemporaryDirectory(dir=directory) as tmp:
         with PeakRSS() as peak_update:
             ours = MaskBuilder(SOURCE, TILE, DENSE, STRIDE, storage="memmap", directory=tmp)
-            n, t_up = run_updates(ours, coords, None, values)
+            n, w, c = run_updates(ours, coords, None, values)
         with PeakRSS() as peak_fin:
-            t_fin = timed(ours.finalize)
+            fw, fc = timed(ours.finalize)
         out = ours.finalize()
         mask_bytes = out["mask"].nbytes
         storage = mask_bytes + out["overlap_counter"].nbytes
@@ -267,38 +282,45 @@ def bench_dense_memmap(coords: np.ndarray, directory: str | None) -> None:
         ours.cleanup()
         del ours, out
     print(
-        f"{n} tiles: update {n / t_up:,.0f} tiles/s, finalize {t_fin:.2f} s; "
-        f"mask {mask_bytes / GiB:.2f} GiB, storage {storage / GiB:.2f} GiB"
+        f"{n} tiles: update {n / w:,.0f} tiles/s wall ({n / c:,.0f} tiles/s CPU), finalize "
+        f"{fw:.2f} s wall ({fc:.2f} s CPU); mask {mask_bytes / GiB:.2f} GiB, files "
+        f"{storage / GiB:.2f} GiB"
     )
     print(
-        f"peak RSS above start: update {(peak_update.peak - base) / MiB:.0f} MiB, "
-        f"finalize {(peak_fin.peak - base) / MiB:.0f} MiB "
-        f"(= {(max(peak_update.peak, peak_fin.peak) - base) / mask_bytes:.3f} x mask size); "
-        f"RSS before {base / MiB:.0f} MiB; sample value {sample:.3f}"
+        f"peak RSS - RSS before: update {(peak_update.peak - base) / MiB:.0f} MiB, finalize "
+        f"{(peak_fin.peak - base) / MiB:.0f} MiB = "
+        f"{(max(peak_update.peak, peak_fin.peak) - base) / mask_bytes:.3f} x mask size "
+        f"(RSS before {base / MiB:.0f} MiB; mask[0, 5000, 5000] = {sample:.3f})"
     )
 
 
-def report_throughput(rows: dict[str, list[tuple[int, float, float]]], finalize: bool = True) -> None:
-    def rate(r, with_fin):
-        n, t_up, t_fin = r
-        return n / (t_up + (t_fin if with_fin else 0.0))
+def report_throughput(rows: dict[str, list[dict[str, float]]], finalize: bool) -> None:
+    modes = [("update, wall", "wall", False), ("update, CPU", "cpu", False)]
+    if finalize:
+        modes += [("update+finalize, wall", "wall", True), ("update+finalize, CPU", "cpu", True)]
+    for label, clock, with_fin in modes:
+        def rate(r: dict[str, float]) -> float:
+            return r["n"] / (r[clock] + (r["fin_" + clock] if with_fin else 0.0))
 
-    modes = [("update_batch only", False)] + ([("update + finalize", True)] if finalize else [])
-    for label, with_fin in modes:
-        naive = [rate(r, with_fin) for r in rows["naive"]]
-        ours = [rate(r, with_fin) for r in rows["builder"]]
+        naive = [rate(r) for r in rows["naive"]]
+        ours = [rate(r) for r in rows["builder"]]
         ratios = [o / b for o, b in zip(ours, naive)]
         print(
-            f"{label:18s}: naive {statistics.median(naive):>12,.0f} tiles/s | builder "
-            f"{statistics.median(ours):>12,.0f} tiles/s | ratio median {statistics.median(ratios):8.1f}x "
-            f"(min {min(ratios):.1f}x, max {max(ratios):.1f}x, {len(ratios)} interleaved repeats)"
+            f"  {label:22s} naive {statistics.median(naive):>11,.0f} tiles/s | builder "
+            f"{statistics.median(ours):>11,.0f} tiles/s | ratio median "
+            f"{statistics.median(ratios):6.1f}x "
+            f"(min {min(ratios):.1f}x, max {max(ratios):.1f}x, n={len(ratios)})"
         )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats per throughput")
-    parser.add_argument("--dense-batches", type=int, default=100, help="batches per dense throughput repeat")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats")
+    parser.add_argument(
+        "--dense-batches", type=int, default=100, help="batches per dense throughput repeat"
+    )
     parser.add_argument("--skip-memmap", action="store_true")
     parser.add_argument("--tmpdir", default=None, help="directory for memmap files")
     args = parser.parse_args()

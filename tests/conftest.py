@@ -53,3 +53,56 @@ def textured_image() -> np.ndarray:
 @pytest.fixture
 def small_tiff(tmp_path, textured_image) -> Path:
     return write_pyramid_tiff(tmp_path / "small.tif", textured_image, compression="zlib")
+
+
+# ---------------------------------------------------------------------------
+# running the real workflow
+# ---------------------------------------------------------------------------
+
+SNAKEFILE = REPO / "Snakefile"
+
+
+def run_workflow(workdir: Path, config: dict, *args: str, check: bool = True, timeout: int = 900):
+    """Run the real ``snakemake`` on the repository's Snakefile in ``workdir``.
+
+    ``config`` is written to ``workdir/test-config.yaml`` and layered over the
+    default config/config.yaml (nested keys replace whole sections).
+    """
+    import subprocess
+
+    import yaml
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    cfg = workdir / "test-config.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    cmd = ["snakemake", "-s", str(SNAKEFILE), "-d", str(workdir), "--configfile", str(cfg), "--cores", "2", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def planned_jobs(workdir: Path, config: dict, *args: str) -> dict[str, int]:
+    """Jobs a dry run would execute, per rule (empty when there is nothing to do)."""
+    import re
+
+    proc = run_workflow(workdir, config, "-n", *args)
+    text = proc.stdout + proc.stderr
+    if "Nothing to be done" in text:
+        return {}
+    table = text.split("Job stats:", 1)[1]
+    jobs = {}
+    for line in table.splitlines()[3:]:
+        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if not m:
+            break
+        if m.group(1) != "total":
+            jobs[m.group(1)] = int(m.group(2))
+    return jobs
+
+
+def write_sheet(path: Path, rows: list[dict]) -> Path:
+    import pandas as pd
+
+    pd.DataFrame(rows).to_csv(path, sep="\t", index=False)
+    return path

@@ -222,7 +222,9 @@ def _proc_starttime_ticks(pid: int) -> int | None:
         return None
 
 
-def slurm_processes_started_after(start_ticks: int) -> dict[int, str]:
+def slurm_processes_started_after(
+    start_ticks: int, names: Sequence[str] = ("munged", "slurmctld", "slurmd", "slurmstepd")
+) -> dict[int, str]:
     """PIDs of munged/slurm* processes whose start time is >= start_ticks.
 
     Used to find slurmstepd processes (double-forked by slurmd, so not our
@@ -240,7 +242,7 @@ def slurm_processes_started_after(start_ticks: int) -> dict[int, str]:
         except OSError:
             continue
         exe = exe.replace(" (deleted)", "")
-        if exe in ("munged", "slurmctld", "slurmd", "slurmstepd"):
+        if exe in names:
             st = _proc_starttime_ticks(pid)
             if st is not None and st >= start_ticks and _pid_alive(pid):
                 found[pid] = exe
@@ -412,6 +414,7 @@ def slurm_cluster(workdir: str | os.PathLike, start_timeout: float = 60.0) -> It
     procs: dict[str, subprocess.Popen] = {}
     notes: list[str] = []
     conf_backup: Path | None = None
+    conf_taken = False
     created_conf_dir = False
     munge_dir: Path | None = None
     cluster: SlurmCluster | None = None
@@ -445,6 +448,7 @@ def slurm_cluster(workdir: str | os.PathLike, start_timeout: float = 60.0) -> It
         if not SLURM_CONF.parent.exists():
             created_conf_dir = True
         conf_backup = _take_over_slurm_conf(notes)
+        conf_taken = True  # from here on, /etc/slurm/slurm.conf is ours to restore
         _write_slurm_conf(SLURM_CONF, workdir=workdir, munge_socket=munge_socket, node=node,
                           layout=layout, real_memory_mb=real_memory)
 
@@ -538,17 +542,22 @@ def slurm_cluster(workdir: str | os.PathLike, start_timeout: float = 60.0) -> It
                     _stop_pid(procs[name], name, notes)
                 except Exception as e:  # keep tearing down the rest
                     notes.append(f"stopping {name} failed: {e}")
-        # 3. any slurmstepd/slurm daemon started after us is ours: kill by PID.
-        leftovers = slurm_processes_started_after(start_ticks)
+        # 3. slurmstepd is double-forked by slurmd (not our child): one that
+        #    started after our cluster and outlived it is ours -> kill by PID.
+        #    (Our munged/slurmctld/slurmd were handled above by their PIDs.)
+        leftovers = slurm_processes_started_after(start_ticks, names=("slurmstepd",))
         for pid, exe in leftovers.items():
             notes.append(f"killed leftover {exe} pid {pid}")
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        # 4. restore /etc/slurm/slurm.conf exactly as it was.
+        # 4. restore /etc/slurm/slurm.conf exactly as it was (only if we
+        #    replaced it: a failure before that must not delete the original).
         try:
-            if conf_backup is not None:
+            if not conf_taken:
+                pass
+            elif conf_backup is not None:
                 os.replace(conf_backup, SLURM_CONF)
             elif SLURM_CONF.exists():
                 SLURM_CONF.unlink()

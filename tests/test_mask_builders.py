@@ -325,9 +325,12 @@ def test_temporary_memmap_leaves_no_files_and_matches_in_memory(tmp_path):
     tiles = rng.random((6, 2, 8, 8)).astype(np.float32)
     coords = np.array([[0, 0], [4, 4], [8, 0], [0, 8], [8, 8], [4, 4]])
     results = []
-    for storage, kwargs in [("inmemory", {}), ("memmap", {"directory": tmp_path, "max_resident_bytes": 1})]:
+    memmap_kwargs = {"directory": tmp_path, "max_resident_bytes": 1}
+    for storage, kwargs in [("inmemory", {}), ("memmap", memmap_kwargs)]:
         for aggregation in (MeanAggregator, MaxAggregator):
-            mb = MaskBuilder((16, 16), 8, 8, 4, n_channels=2, storage=storage, aggregation=aggregation, **kwargs)
+            mb = MaskBuilder(
+                (16, 16), 8, 8, 4, n_channels=2, storage=storage, aggregation=aggregation, **kwargs
+            )
             mb.update_batch(tiles, coords, edge_clipping=1)
             out = mb.finalize()
             results.append(np.array(out["mask"] if isinstance(out, dict) else out))
@@ -358,6 +361,43 @@ def test_mean_finalize_peak_memory_stays_within_10_percent_of_storage():
     assert peak <= 1.10 * storage, (peak / 2**20, storage / 2**20)
     assert np.all(out["mask"] == 1.0)
     assert out["overlap_counter"].max() == 4
+
+
+@pytest.mark.parametrize("aggregation", ["mean", "max"])
+@pytest.mark.parametrize(
+    "extents, tile, output, stride, clip",
+    [
+        ((24, 96), (8, 8), (8, 8), (4, 4), ((0, 0), (0, 0))),  # half overlap
+        ((24, 96), (8, 8), (8, 8), (2, 2), ((1, 0), (0, 0))),  # quarter overlap
+        ((24, 96), (8, 8), (8, 8), (8, 8), ((0, 0), (0, 0))),  # adjacent
+        ((24, 96), (8, 8), (8, 8), (4, 4), ((1, 1), (2, 2))),  # clipped: width 4, step 4
+        ((200,), (16,), (32,), (8,), ((0, 0),)),  # 1-D, upscale 1, 2 cells per px
+        ((9, 12, 40), (4, 4, 8), (2, 2, 8), (2, 2, 4), ((0, 0), (0, 0), (0, 0))),  # 3-D
+    ],
+)
+def test_large_dense_tiles_in_runs_shuffled_and_with_gaps_match_brute_force(
+    extents, tile, output, stride, clip, aggregation
+):
+    geo = spec_geometry(extents, tile, output, stride)
+    axes = [range(0, sp - t + 1, s) for sp, t, s in zip(geo["span"], tile, stride)]
+    coords = np.array(list(itertools.product(*axes)))
+    rng = np.random.default_rng(7)
+    coords = coords[rng.random(len(coords)) < 0.9]  # gaps split the runs
+    values = rng.integers(-8, 9, size=(len(coords), 2, *output)).astype(np.float32)
+    with mock.patch.object(mbm, "_SCATTER_MAX_CELLS", 0):
+        mb = MaskBuilder(extents, tile, output, stride, n_channels=2, aggregation=aggregation)
+        for part in np.array_split(np.arange(len(coords)), 3):
+            part = rng.permutation(part)  # raster chunks, shuffled within the batch
+            mb.update_batch(values[part], coords[part], edge_clipping=[list(c) for c in clip])
+        out = mb.finalize()
+    clip_start, clip_end = [c[0] for c in clip], [c[1] for c in clip]
+    expected, count = brute_force_mask(
+        extents, tile, output, stride, 2,
+        [(c, v, (clip_start, clip_end)) for c, v in zip(coords.tolist(), values.astype(float))],
+        aggregation,
+    )
+    mask = out["mask"] if aggregation == "mean" else out
+    np.testing.assert_allclose(mask, expected, rtol=1e-6)
 
 
 # --------------------------------------------------------------------------
@@ -491,12 +531,20 @@ def builder_cases(draw):
     maxima = [sp - t for sp, t in zip(geo["span"], tile)]
     n_channels = draw(st.integers(1, 2))
     aggregation = draw(st.sampled_from(["mean", "max"]))
+    # Raster-ordered runs of grid positions exercise the run/phase path.
+    grid = list(itertools.product(*(range(0, mx + 1, s) for mx, s in zip(maxima, stride))))
     batches = []
     for _ in range(draw(st.integers(1, 3))):
-        n = draw(st.integers(0, 5))
-        coords = [
-            [draw(st.integers(0, mx // s)) * s for s, mx in zip(steps, maxima)] for _ in range(n)
-        ]
+        n = draw(st.integers(0, 6))
+        if draw(st.booleans()):
+            first = draw(st.integers(0, len(grid) - 1))
+            coords = [list(c) for c in grid[first : first + n]]
+            n = len(coords)
+        else:
+            coords = [
+                [draw(st.integers(0, mx // s)) * s for s, mx in zip(steps, maxima)]
+                for _ in range(n)
+            ]
         scalar = draw(st.booleans())
         shape = (n, n_channels) if scalar else (n, n_channels, *output)
         seed = draw(st.integers(0, 2**16))

@@ -6,7 +6,7 @@ Install the packages with `bash .ci/install-slurm.sh` (root + apt-get); where
 that is impossible the test SKIPS with the reason.
 
 For now the workflow is a small self-contained one written into tmp_path
-(3 samples, two per-sample rules in `group: "per_slide"`, one aggregate).
+(3 samples, two per-sample rules in `group: "slide"`, one aggregate).
 To exercise the real workflow instead, call
 `run_snakemake_with_profile(<dir>, [...], snakefile=<repo>/workflow/Snakefile)`
 inside the same `slurm_cluster(...)` block.
@@ -61,7 +61,7 @@ SNAKEFILE = textwrap.dedent(
         output:
             data="results/{{sample}}/raw.txt",
             info="results/{{sample}}/make_raw.slurm",
-        group: "per_slide"
+        group: "slide"
         threads: 1
         resources:
             mem_mb=200,
@@ -75,7 +75,7 @@ SNAKEFILE = textwrap.dedent(
         output:
             data="results/{{sample}}/tiles.txt",
             info="results/{{sample}}/tile.slurm",
-        group: "per_slide"
+        group: "slide"
         threads: 2
         resources:
             mem_mb=300,
@@ -156,7 +156,7 @@ def test_workflow_runs_through_slurm_profile(tmp_path: Path) -> None:
         group_ids = {_slurm_ids(wf / f"results/{s}/{r}.slurm")[0] for s in SAMPLES for r in ("make_raw", "tile")}
         summ_id, summ_cpus = _slurm_ids(wf / "results/summarize.slurm")
         assert "none" not in group_ids | {summ_id}, "a rule ran outside SLURM"
-        # group-components per_slide=4 (profile) merges the 3 samples into ONE job
+        # group-components slide=4 (profile) merges the 3 samples into ONE job
         assert len(group_ids) == 1, f"expected one grouped SLURM job, got {group_ids}\n{run1.stdout[-3000:]}"
         (group_id,) = group_ids
         assert summ_id != group_id
@@ -180,8 +180,8 @@ def test_workflow_runs_through_slurm_profile(tmp_path: Path) -> None:
         # (c) the plugin's SLURM log files, one per job (kept via --slurm-keep-successful-logs)
         slurm_logs = sorted(p.relative_to(wf).as_posix() for p in (wf / ".snakemake/slurm_logs").rglob("*.log"))
         assert f".snakemake/slurm_logs/rule_summarize/{summ_id}.log" in slurm_logs, slurm_logs
-        # group jobs log to group_<group>_<rules>/ (e.g. group_per_slide_make_raw_tile/)
-        assert any(p.startswith(".snakemake/slurm_logs/group_per_slide") and p.endswith(f"/{group_id}.log")
+        # group jobs log to group_<group>_<rules>/ (here group_slide_make_raw_tile/)
+        assert any(p.startswith(".snakemake/slurm_logs/group_slide") and p.endswith(f"/{group_id}.log")
                    for p in slurm_logs), slurm_logs
         # (d) and Snakemake itself reported the submissions
         assert re.search(rf"submitted with SLURM jobid {group_id}\b", run1.stdout), run1.stdout[-3000:]

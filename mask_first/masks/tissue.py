@@ -23,38 +23,54 @@ Resampling
 Only one level is read: ``slide.best_level_for_mpp(mpp)``, the coarsest level
 not coarser than the mask (10 % tolerance), never level 0 when a coarser
 suitable level exists. The level is then reduced to the mask grid by **area
-averaging** in two exact steps per axis:
+averaging** in two steps per axis:
 
-1. a box shrink by the integer ``k = round(f)`` (libvips ``shrink``: every
-   intermediate pixel is the mean of a ``k x k`` block starting at the origin),
-2. exact area weights for the remaining factor ``r = f / k`` (``r`` in
-   about [0.67, 1.5)): mask pixel ``j`` is the mean of the intermediate pixels
-   over ``[j * r, (j + 1) * r)``, each weighted by its overlap (8-bit fixed
-   point weights; numpy).
+1. a box shrink by the integer ``k = max(1, round(f))`` (libvips ``shrink``
+   in float, rounded: intermediate pixel ``m`` is the mean of level pixels
+   ``[m k, (m + 1) k)``; the level is padded with white to whole blocks),
+2. exact area weights for the remaining factor ``r = f / k`` (about
+   0.67-1.5; below 1 when the mask is finer than the level): mask pixel
+   ``j`` is the mean of intermediate pixels over ``[j r, (j + 1) r)``, each
+   weighted by its overlap (8-bit fixed-point weights summing to 256, numpy).
 
-Both steps keep pixel centres where they belong, so the mask is aligned with
-the slide to a small fraction of a mask pixel (the tests measure it with
-ramps); the only approximation is that in step 1 the blocks need not end
-exactly on mask pixel boundaries (the weights of the at most two boundary
-blocks are then shared in proportion, which is what step 2 does).
+Both steps keep every pixel centre where it belongs, so the mask is aligned
+with the slide to a small fraction of a mask pixel (the tests check linear
+ramps and rectangle edges for several ``f``). The only approximation is that
+the step-1 blocks need not end on mask pixel boundaries; a partly covered
+block then contributes its mean in proportion to the covered part, which
+moves centroids by well under 0.1 mask pixel. ``f == 1`` is a plain copy.
+Levels over 32 M pixels are read in strips of whole mask rows (bounded
+memory; the result is identical).
+
+The feature thresholded is computed before step 2: grey level (linear, so
+the order does not matter) from the RGB of the level, saturation from the
+RGB after step 1 (i.e. per level pixel when ``k == 1``).
 
 Methods
 -------
 ``"otsu"`` (default)
-    Grey level (ITU-R BT.601 luma), 3-class multi-Otsu on its 256-bin
-    histogram, tissue = at or below the upper threshold, then closing and
-    opening. Good for H&E and most brightfield stains on a white background,
-    including pale or grey-blue tissue (IHC) that has little colour. It cannot
-    tell pen ink, dust, folds and out-of-focus debris from tissue (all are
-    darker than glass).
+    Grey level (BT.601 luma ``(77 R + 150 G + 29 B) / 256``), 3-class
+    multi-Otsu on its 256-bin histogram, tissue = at or below the upper
+    threshold, then closing and opening. Good for H&E and most brightfield
+    stains on a white background, including pale or grey-blue tissue (IHC)
+    that has little colour. It cannot tell pen ink, dust, folds and
+    out-of-focus debris from tissue (all are darker than glass).
 ``"saturation"``
-    HSV saturation (of the area-averaged RGB), 2-class Otsu, tissue = above the
-    threshold, with pen ink (blue/green hues, and black = very dark) excluded.
-    Rejects grey/white background, dust and dark grey debris much better and
-    ignores pen marks; use it for H&E slides with marker ink or dirty glass.
-    Not suitable for weakly coloured tissue (grey IHC counterstains) and
-    not for stains whose tissue colour *is* blue/green (e.g. Giemsa,
-    toluidine blue): set ``reject_pen=False`` there, or use ``"otsu"``.
+    HSV saturation ``(max - min) / max``, 2-class Otsu, tissue = above the
+    threshold, with pen ink set to 0 first: blue/green hues (default
+    70-235 degrees) at saturation >= 0.3, and black (``max(R, G, B) < 50``).
+    Rejects grey/white background, dust, dark grey debris and marker ink
+    much better; use it for H&E slides with pen marks or dirty glass. Not
+    suitable for weakly coloured tissue (grey IHC counterstains), and not for
+    stains whose tissue *is* blue/green (Giemsa, toluidine blue, ...): set
+    ``reject_pen=False`` there, or use ``"otsu"``.
+
+Post-processing: closing then opening with disks of ``closing_um`` /
+``opening_um`` micrometres radius (``dx² + dy² <= r²`` in mask pixels),
+on a bit-packed mask; pixels outside the mask neither add tissue in a
+dilation nor remove it in an erosion. Optional removal of small tissue
+components and filling of small enclosed holes (4-connected; libvips
+``labelregions``, slower, off by default).
 
 Both methods guard against inventing tissue on blank slides (a flat or
 narrow histogram): when the Otsu classes are not far enough apart, or no
@@ -65,12 +81,13 @@ all-zero mask and tissue-only slides (almost) all 255.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -332,6 +349,7 @@ def tissue_mask_with_info(
             f"valid: {', '.join(sorted(resolved))}"
         )
     resolved.update(params)
+    _check_params(method, resolved)
     mpp = float(mpp)
     if not (mpp > 0 and math.isfinite(mpp)):
         raise ValueError(f"mask mpp must be a positive number of µm/px, got {mpp}")
@@ -341,6 +359,22 @@ def tissue_mask_with_info(
         return _tissue_mask(opened, mpp, method, resolved)
 
 
+def _check_params(method: str, p: dict[str, Any]) -> None:
+    for key in ("closing_um", "opening_um", "min_object_um2", "min_hole_um2"):
+        if not float(p[key]) >= 0:
+            raise ValueError(f"{key} must be >= 0, got {p[key]}")
+    if method == "otsu":
+        if int(p["classes"]) != p["classes"] or not 2 <= int(p["classes"]) <= 8:
+            raise ValueError(f"classes must be an integer in 2..8, got {p['classes']}")
+    elif p["reject_pen"]:
+        lo, hi = (float(v) for v in p["pen_hue_deg"])
+        if not 60 <= lo <= 180 <= hi <= 300:
+            raise ValueError(
+                f"pen_hue_deg must satisfy 60 <= lo <= 180 <= hi <= 300 degrees "
+                f"(the green and blue hue sectors), got {p['pen_hue_deg']}"
+            )
+
+
 def _tissue_mask(slide: Slide, mpp: float, method: str, params: dict[str, Any]) -> TissueMaskResult:
     level = slide.best_level_for_mpp(mpp)
     out_h, out_w = mask_shape(slide, mpp)
@@ -348,12 +382,13 @@ def _tissue_mask(slide: Slide, mpp: float, method: str, params: dict[str, Any]) 
     plan_x = _AxisPlan.make(slide.levels[level].width, out_w, mpp / lmx)
     plan_y = _AxisPlan.make(slide.levels[level].height, out_h, mpp / lmy)
     if method == "otsu":
-        grey = _resample_level(slide, level, plan_x, plan_y, _luma)
-        raw, stats = _threshold_grey(grey, params)
+        grey, _ = _resample_level(slide, level, plan_x, plan_y, "luma", params)
+        tissue, stats = _threshold_grey(grey, params)
     else:
-        rgb = _resample_level(slide, level, plan_x, plan_y, None)
-        raw, stats = _threshold_saturation(rgb, params)
-    mask = _postprocess(raw, mpp, params)
+        sat, n_pen = _resample_level(slide, level, plan_x, plan_y, "saturation", params)
+        tissue, stats = _threshold_saturation(sat, params)
+        stats["pen_fraction"] = round(n_pen / max(1, plan_x.n_int * plan_y.n_int), 6)
+    mask = _postprocess(tissue, mpp, params)
     w0, h0 = slide.level_dimensions[0]
     return TissueMaskResult(
         mask=mask,
@@ -380,9 +415,10 @@ class _AxisPlan:
     """How one axis of a level maps onto the mask grid.
 
     ``f`` level pixels per mask pixel = integer box shrink ``k`` times the
-    remaining factor ``r``. ``src``/``weights`` give, for every mask pixel,
-    the intermediate (shrunk) pixels it overlaps and 8-bit weights that with
-    ``fill_weight`` (the part of the mask pixel beyond the slide) sum to 256.
+    remaining factor ``r``. Mask pixel ``j`` overlaps the intermediate (shrunk)
+    pixels ``base[j] + t`` for ``t < taps``; ``weights[t, j]`` are their 8-bit
+    overlap weights, which with ``fill_weight[j]`` (the part of the mask pixel
+    beyond the slide: white) sum to 256.
     """
 
     n_level: int
@@ -392,44 +428,58 @@ class _AxisPlan:
     r: float
     n_int: int
     identity: bool
-    src: np.ndarray  # (taps, n_out) int64, clipped to [0, n_int)
+    base: np.ndarray  # (n_out,) int64
     weights: np.ndarray  # (taps, n_out) uint16
     fill_weight: np.ndarray  # (n_out,) uint16
+
+    @property
+    def taps(self) -> int:
+        return self.weights.shape[0]
+
+    def src(self, t: int) -> np.ndarray:
+        """Intermediate index of tap ``t`` for every mask pixel, clipped into range (weight 0 beyond)."""
+        return np.minimum(self.base + t, self.n_int - 1)
+
+    def needed(self, j0: int, j1: int) -> tuple[int, int]:
+        """Range [m0, m1) of intermediate pixels read by mask pixels [j0, j1)."""
+        m0 = min(int(self.base[j0]), self.n_int - 1)
+        m1 = min(int(self.base[j1 - 1]) + self.taps, self.n_int)
+        return m0, max(m1, m0 + 1)
 
     @classmethod
     def make(cls, n_level: int, n_out: int, f: float) -> "_AxisPlan":
         k = max(1, int(round(f)))
         r = f / k
         n_int = -(-n_level // k)
+        j = np.arange(n_out)
         if abs(r - 1.0) < 1e-9:
             # the grids coincide: mask pixel j is intermediate pixel j
-            src = np.minimum(np.arange(n_out), n_int - 1)[None, :]
-            inside = np.arange(n_out) < n_int
+            inside = j < n_int
             weights = np.where(inside, 256, 0).astype(np.uint16)[None, :]
             fill = np.where(inside, 0, 256).astype(np.uint16)
-            return cls(n_level, n_out, f, k, 1.0, n_int, True, src, weights, fill)
+            return cls(n_level, n_out, f, k, 1.0, n_int, True, j.astype(np.int64), weights, fill)
         n_taps = int(math.ceil(r)) + 1
-        i = np.arange(n_out, dtype=np.float64)
-        b0, b1 = i * r, (i + 1) * r
-        s = np.floor(b0).astype(np.int64)[None, :] + np.arange(n_taps)[:, None]
+        b0, b1 = j * r, (j + 1) * r
+        base = np.floor(b0).astype(np.int64)
+        s = base[None, :] + np.arange(n_taps)[:, None]
         w = np.clip(np.minimum(s + 1, b1) - np.maximum(s, b0), 0.0, None) / r
         q = np.rint(w * 256).astype(np.int64)
-        q[w.argmax(0), np.arange(n_out)] += 256 - q.sum(0)  # exact sum of 256
+        q[w.argmax(0), j] += 256 - q.sum(0)  # exact sum of 256
         outside = s >= n_int
         fill = (q * outside).sum(0)
         q[outside] = 0
-        keep = q.any(1)
-        s = np.minimum(s, n_int - 1)[keep]
-        return cls(n_level, n_out, f, k, r, n_int, False, s, q[keep].astype(np.uint16), fill.astype(np.uint16))
+        used = np.flatnonzero(q.any(1))
+        q = q[: used[-1] + 1] if used.size else q[:1]
+        return cls(n_level, n_out, f, k, r, n_int, False, base, q.astype(np.uint16), fill.astype(np.uint16))
 
 
 def _luma(rgb: np.ndarray) -> np.ndarray:
-    """ITU-R BT.601 luma ``(77 R + 150 G + 29 B + 128) >> 8`` of (h, w, 3) uint8 -> (h, w) uint8."""
+    """BT.601 luma ``(77 R + 150 G + 29 B + 128) >> 8`` of (h, w, 3) uint8 -> (h, w) uint8."""
     h, w = rgb.shape[:2]
     out = np.empty((h, w), np.uint8)
     rows = max(1, (1 << 18) // max(1, w))  # ~256k pixels per block: stays in cache
-    acc = np.empty((rows, w), np.uint16)
-    tmp = np.empty((rows, w), np.uint16)
+    acc = np.empty((min(rows, h), w), np.uint16)
+    tmp = np.empty_like(acc)
     for y in range(0, h, rows):
         n = min(rows, h - y)
         a, t, blk = acc[:n], tmp[:n], rgb[y : y + n]
@@ -444,23 +494,20 @@ def _luma(rgb: np.ndarray) -> np.ndarray:
     return out
 
 
-def _box_shrink(img: np.ndarray, kx: int, ky: int, out_w: int, out_h: int) -> np.ndarray:
-    """Block means of ``kx x ky`` blocks from the origin, padding with white to (out_h*ky, out_w*kx)."""
-    if kx == 1 and ky == 1:
-        if img.shape[0] == out_h and img.shape[1] == out_w:
-            return img
-        pad = [(0, out_h - img.shape[0]), (0, out_w - img.shape[1])] + [(0, 0)] * (img.ndim - 2)
-        return np.pad(img, pad, constant_values=WHITE)
+def _box_shrink_rgb(rgb: np.ndarray, kx: int, ky: int, out_w: int, out_h: int, luma: bool) -> np.ndarray:
+    """Means of ``kx x ky`` blocks from the origin (white padding to ``out_h*ky x out_w*kx``).
+
+    libvips, in float and rounded. With ``luma`` the result is the grey level
+    (h, w); otherwise RGB (h, w, 3). Requires ``kx > 1 or ky > 1``.
+    """
     import pyvips
 
-    bands = 1 if img.ndim == 2 else img.shape[2]
-    v = pyvips.Image.new_from_array(img)
+    v = pyvips.Image.new_from_array(rgb)
     if v.width != out_w * kx or v.height != out_h * ky:
-        v = v.embed(0, 0, out_w * kx, out_h * ky, extend="background", background=[WHITE] * bands)
-    # float so the means are rounded, not truncated
-    v = (v.cast("float").shrink(kx, ky) + 0.5).cast("uchar")
-    out = v.numpy()
-    if img.ndim == 2 and out.ndim == 3:
+        v = v.embed(0, 0, out_w * kx, out_h * ky, extend="background", background=[WHITE] * 3)
+    v = v.recomb([[77 / 256, 150 / 256, 29 / 256]]) if luma else v.cast("float")
+    out = (v.shrink(kx, ky) + 0.5).cast("uchar").numpy()
+    if luma and out.ndim == 3:
         out = out[..., 0]
     return out
 
@@ -468,99 +515,129 @@ def _box_shrink(img: np.ndarray, kx: int, ky: int, out_w: int, out_h: int) -> np
 def _apply_taps(
     inter: np.ndarray, row_offset: int, plan_y: _AxisPlan, plan_x: _AxisPlan, i0: int, i1: int, out: np.ndarray
 ) -> None:
-    """Mask rows [i0, i1) from intermediate rows (``inter[0]`` is row ``row_offset``) into ``out``."""
-    extra = (1,) * (inter.ndim - 2)
-    wx = plan_x.weights.reshape(plan_x.weights.shape + extra)
-    fx = plan_x.fill_weight.astype(np.uint16) * WHITE + 128
-    fx = fx.reshape((1, -1) + extra)
-    block_shape_y = (min(_ROW_BLOCK, i1 - i0), inter.shape[1]) + inter.shape[2:]
-    acc = np.empty(block_shape_y, np.uint16)
+    """Mask rows [i0, i1) from the 2-D intermediate image (``inter[0]`` is row ``row_offset``) into ``out``.
+
+    Blocks of ``_ROW_BLOCK`` mask rows keep the uint16 accumulators in cache:
+    ``acc = 255 * fill + 128 + sum(w * v)``, then ``>> 8``.
+    """
+    n_cols = inter.shape[1]
+    rows = min(_ROW_BLOCK, i1 - i0)
+    acc = np.empty((rows, n_cols), np.uint16)
     tmp = np.empty_like(acc)
-    row = np.empty(block_shape_y, np.uint8)
+    row8 = np.empty((rows, n_cols), np.uint8)
     if not plan_x.identity:
-        block_shape_x = (block_shape_y[0], plan_x.n_out) + inter.shape[2:]
-        acc2 = np.empty(block_shape_x, np.uint16)
+        acc2 = np.empty((rows, plan_x.n_out), np.uint16)
         tmp2 = np.empty_like(acc2)
+        fill_x = plan_x.fill_weight * np.uint16(WHITE) + np.uint16(128)
+        src_x = [plan_x.src(t) for t in range(plan_x.taps)]
+    if not plan_y.identity:
+        fill_y = plan_y.fill_weight * np.uint16(WHITE) + np.uint16(128)
+        src_y = [plan_y.src(t) - row_offset for t in range(plan_y.taps)]
     for b0 in range(i0, i1, _ROW_BLOCK):
         b1 = min(b0 + _ROW_BLOCK, i1)
         n = b1 - b0
-        # --- y: weighted rows
+        r = row8[:n]
+        # --- y: weighted sum of intermediate rows
         if plan_y.identity:
-            r = inter[plan_y.src[0, b0:b1] - row_offset]
-            r[plan_y.fill_weight[b0:b1] > 0] = WHITE
+            inside = max(0, min(b1, plan_y.n_int) - b0)
+            r[:inside] = inter[b0 - row_offset : b0 - row_offset + inside]
+            r[inside:] = WHITE
         else:
-            a, t = acc[:n], tmp[:n]
-            a[...] = (plan_y.fill_weight[b0:b1].astype(np.uint16) * WHITE + 128).reshape((n, 1) + extra)
-            for src, w in zip(plan_y.src, plan_y.weights):
-                np.multiply(inter[src[b0:b1] - row_offset], w[b0:b1].reshape((n, 1) + extra), out=t, dtype=np.uint16)
-                a += t
+            a, t_ = acc[:n], tmp[:n]
+            a[...] = fill_y[b0:b1, None]
+            for t in range(plan_y.taps):
+                np.multiply(inter[src_y[t][b0:b1]], plan_y.weights[t, b0:b1, None], out=t_, dtype=np.uint16)
+                a += t_
             a >>= 8
-            r = row[:n]
-            r[...] = a
-        # --- x: weighted columns
+            np.copyto(r, a, casting="unsafe")
+        # --- x: weighted sum of columns
+        dst = out[b0 - i0 : b1 - i0]
         if plan_x.identity:
-            c = np.take(r, plan_x.src[0], axis=1)
-            c[:, plan_x.fill_weight > 0] = WHITE
-            out[b0 - i0 : b1 - i0] = c
-        else:
-            a2, t2 = acc2[:n], tmp2[:n]
-            a2[...] = fx
-            for src, w in zip(plan_x.src, wx):
-                np.multiply(np.take(r, src, axis=1), w, out=t2, dtype=np.uint16)
-                a2 += t2
-            a2 >>= 8
-            out[b0 - i0 : b1 - i0] = a2
+            inside = min(plan_x.n_out, plan_x.n_int)
+            dst[:, :inside] = r[:, :inside]
+            dst[:, inside:] = WHITE
+            continue
+        a2, t2 = acc2[:n], tmp2[:n]
+        a2[...] = fill_x
+        for t in range(plan_x.taps):
+            np.multiply(np.take(r, src_x[t], axis=1), plan_x.weights[t], out=t2, dtype=np.uint16)
+            a2 += t2
+        a2 >>= 8
+        np.copyto(dst, a2, casting="unsafe")
 
 
 def _resample_level(
-    slide: Slide,
-    level: int,
-    plan_x: _AxisPlan,
-    plan_y: _AxisPlan,
-    prepare: Callable[[np.ndarray], np.ndarray] | None,
-) -> np.ndarray:
-    """Area-average ``prepare(level RGB)`` onto the mask grid -> (n_out_y, n_out_x[, bands]) uint8.
+    slide: Slide, level: int, plan_x: _AxisPlan, plan_y: _AxisPlan, feature: str, params: dict[str, Any]
+) -> tuple[np.ndarray, int]:
+    """Area-average a feature of ``level`` onto the mask grid -> (n_out_y, n_out_x) uint8.
+
+    ``feature`` is ``"luma"`` (grey level) or ``"saturation"`` (HSV saturation
+    with pen ink zeroed, see :func:`_saturation_features`). Returns also the
+    number of intermediate pixels flagged as pen (0 for luma).
 
     Reads the whole level at once when it has at most ``_MAX_STRIP_PIXELS``
     pixels, otherwise strips of whole mask rows (bounded memory).
     """
     lv = slide.levels[level]
     width, height = lv.width, lv.height
-    bands = () if prepare is not None else (3,)
-    out = np.empty((plan_y.n_out, plan_x.n_out) + bands, np.uint8)
-    ky = plan_y.k
-    # mask rows per strip so that a strip reads about _MAX_STRIP_PIXELS level pixels
-    rows_per_strip = max(1, int(_MAX_STRIP_PIXELS // max(1.0, width * plan_y.f)))
-    if width * height <= _MAX_STRIP_PIXELS:
-        rows_per_strip = plan_y.n_out
-    with ThreadPoolExecutor(_THREADS) as pool:
+    out = np.empty((plan_y.n_out, plan_x.n_out), np.uint8)
+    kx, ky = plan_x.k, plan_y.k
+    pen_count = 0
+    rows_per_strip = plan_y.n_out
+    if width * height > _MAX_STRIP_PIXELS:
+        # mask rows per strip so that a strip reads about _MAX_STRIP_PIXELS level pixels
+        rows_per_strip = max(1, int(_MAX_STRIP_PIXELS // max(1.0, width * plan_y.f)))
+    threads = _THREADS if out.size >= (1 << 20) else 1
+    pool = ThreadPoolExecutor(threads) if threads > 1 else None
+    try:
         for i0 in range(0, plan_y.n_out, rows_per_strip):
             i1 = min(i0 + rows_per_strip, plan_y.n_out)
-            m0 = int(plan_y.src[:, i0:i1].min())
-            m1 = int(plan_y.src[:, i0:i1].max()) + 1
+            m0, m1 = plan_y.needed(i0, i1)
             y0, y1 = m0 * ky, min(m1 * ky, height)
             if y0 == 0 and y1 == height:
                 rgb = slide.read_level(level)
             else:
                 rgb = slide.read_region(level, 0, y0, width, y1 - y0)
-            feat = rgb if prepare is None else prepare(rgb)
+            if kx == 1 and ky == 1:
+                inter = rgb
+            else:
+                inter = _box_shrink_rgb(rgb, kx, ky, plan_x.n_int, m1 - m0, luma=feature == "luma")
             del rgb
-            inter = _box_shrink(feat, plan_x.k, ky, plan_x.n_int, m1 - m0)
-            del feat
-            # two threads over halves of the strip's mask rows (numpy releases the GIL)
-            mid = i0 + (i1 - i0 + 1) // 2
-            jobs = [(a, b) for a, b in ((i0, mid), (mid, i1)) if b > a]
-            futures = [
-                pool.submit(_apply_taps, inter, m0, plan_y, plan_x, a, b, out[a:b]) for a, b in jobs
-            ]
-            for fut in futures:
-                fut.result()
-    return out
+            if feature == "luma":
+                if inter.ndim == 3:
+                    inter = _luma(inter)
+            else:
+                inter, n_pen = _saturation_features(inter, params)
+                pen_count += n_pen
+            if pool is None:
+                _apply_taps(inter, m0, plan_y, plan_x, i0, i1, out[i0:i1])
+            else:
+                # two threads over halves of the strip's mask rows (numpy releases the GIL)
+                mid = i0 + (i1 - i0 + 1) // 2
+                futures = [
+                    pool.submit(_apply_taps, inter, m0, plan_y, plan_x, a, b, out[a:b])
+                    for a, b in ((i0, mid), (mid, i1))
+                    if b > a
+                ]
+                for fut in futures:
+                    fut.result()
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    return out, pen_count
 
 
 # ---------------------------------------------------------------------------
 # thresholds
 # ---------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=8)
+def _invalid(n: int) -> np.ndarray:
+    """(n, n) bool: True where column >= row (row b, column a: no segment [a, b) with a >= b)."""
+    out = np.triu(np.ones((n, n), bool))
+    out.setflags(write=False)
+    return out
 
 
 def multi_otsu_thresholds(hist: np.ndarray, classes: int = 3) -> tuple[int, ...]:
@@ -586,28 +663,38 @@ def multi_otsu_thresholds(hist: np.ndarray, classes: int = 3) -> tuple[int, ...]
         evaluation order.
     """
     h = np.asarray(hist, dtype=np.float64).ravel()
-    n_bins = h.size
     if classes < 2:
         raise ValueError("classes must be >= 2")
-    if n_bins < classes:
-        raise ValueError(f"need at least {classes} bins, got {n_bins}")
+    if h.size < classes:
+        raise ValueError(f"need at least {classes} bins, got {h.size}")
+    if np.any(h < 0) or not np.all(np.isfinite(h)):
+        raise ValueError("histogram counts must be finite and >= 0")
+    nz = np.flatnonzero(h)
+    if nz.size >= classes and (nz[0] > 0 or nz[-1] < h.size - 1):
+        # the optimum never has an empty class when there are enough distinct
+        # values (splitting a class strictly increases the criterion), so the
+        # search can be restricted to the occupied span: much faster
+        sub = multi_otsu_thresholds(h[nz[0] : nz[-1] + 1], classes)
+        return tuple(int(t) + int(nz[0]) for t in sub)
+    n_bins = h.size
     P = np.concatenate([[0.0], np.cumsum(h)])
     S = np.concatenate([[0.0], np.cumsum(h * np.arange(n_bins))])
-    # seg[a, b]: S^2 / P over the bins [a, b) (a < b); -inf where a >= b
-    dP = P[None, :] - P[:, None]
-    dS = S[None, :] - S[:, None]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        seg = np.where(dP > 0, dS * dS / np.where(dP > 0, dP, 1.0), 0.0)
-    a_idx, b_idx = np.indices(seg.shape)
-    seg[a_idx >= b_idx] = -np.inf
-    # best[b] = best value of splitting bins [0, b) into j classes
-    best = seg[0].copy()
+    # M[b, a] = S^2 / P of the bins [a, b) for a < b (0 if empty); -inf for a >= b
+    dP = P[:, None] - P[None, :]
+    np.maximum(dP, 1e-300, out=dP)  # empty segments have dS = 0 too: 0 / tiny = 0
+    M = S[:, None] - S[None, :]
+    with np.errstate(over="ignore", invalid="ignore"):
+        M *= M
+        M /= dP
+    np.copyto(M, -np.inf, where=_invalid(n_bins + 1))  # no segment [a, b) with a >= b
+    # best[b] = best criterion for splitting the bins [0, b) into j classes
+    best = M[:, 0].copy()
     back = []
     for _ in range(classes - 1):
-        total = best[:, None] + seg  # [a, b]: j classes on [0, a), one on [a, b)
-        arg = np.argmax(total, axis=0)
+        total = M + best[None, :]  # [b, a]: j classes on [0, a), one on [a, b)
+        arg = np.argmax(total, axis=1)
         back.append(arg)
-        best = total[arg, np.arange(n_bins + 1)]
+        best = total[np.arange(n_bins + 1), arg]
     # backtrack the class boundaries from b = n_bins
     bounds = []
     b = n_bins
@@ -641,21 +728,34 @@ def _class_stats(hist: np.ndarray, lo: int, hi: int) -> tuple[float, float]:
     return n, float((h * np.arange(lo, hi + 1)).sum() / n)
 
 
+def _histogram(img: np.ndarray) -> np.ndarray:
+    """256-bin histogram of a uint8 image (libvips ``hist_find``: no int64 copy of the image)."""
+    if img.size < (1 << 16):
+        return np.bincount(img.ravel(), minlength=256)
+    import pyvips
+
+    return pyvips.Image.new_from_array(np.ascontiguousarray(img)).hist_find().numpy().ravel().astype(np.int64)
+
+
+def _finite(v: float) -> float | None:
+    return v if math.isfinite(v) else None
+
+
 def _threshold_grey(grey: np.ndarray, p: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
-    """Multi-Otsu on the grey histogram; tissue = grey <= threshold."""
+    """Multi-Otsu on the grey histogram -> (bool tissue, stats); tissue = grey <= threshold."""
     classes = int(p["classes"])
-    hist = np.bincount(grey.ravel(), minlength=256)
+    hist = _histogram(grey)
     thresholds = multi_otsu_thresholds(hist, classes)
     edges = [-1, *thresholds, 255]
     stats = [_class_stats(hist, edges[k] + 1, edges[k + 1]) for k in range(classes)]
-    # the background = top class, plus any class just below whose mean is
-    # within min_contrast of it (a noisy glass peak split in two)
+    # background = the top class, plus classes just below it whose mean is
+    # within min_contrast of the class above (a noisy glass peak split in two)
     top = classes - 1
     while top > 0 and stats[top - 1][0] > 0 and stats[top][1] - stats[top - 1][1] < p["min_contrast"]:
         top -= 1
     threshold = edges[top]
     bg_n, bg_mean = _class_stats(hist, threshold + 1, 255)
-    fg_n, fg_mean = _class_stats(hist, 0, threshold)
+    fg_n, fg_mean = _class_stats(hist, 0, threshold) if threshold >= 0 else (0.0, float("nan"))
     trusted = (
         top > 0
         and fg_n > 0
@@ -665,98 +765,229 @@ def _threshold_grey(grey: np.ndarray, p: dict[str, Any]) -> tuple[np.ndarray, di
     )
     if not trusted:
         threshold = int(math.floor(p["fallback_grey"]))
-    raw = np.where(grey <= threshold, TISSUE, BACKGROUND).astype(np.uint8)
-    return raw, {
+    tissue = np.less_equal(grey, threshold)
+    return tissue, {
         "otsu_thresholds": list(thresholds),
         "threshold": threshold,
         "fallback": not trusted,
-        "background_mean": bg_mean if math.isfinite(bg_mean) else None,
-        "tissue_mean": fg_mean if math.isfinite(fg_mean) else None,
+        "background_mean": _finite(bg_mean),
+        "tissue_mean": _finite(fg_mean),
     }
 
 
-def _saturation_features(rgb: np.ndarray, p: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """(saturation 0-255 uint8, pen bool) of (h, w, 3) uint8 RGB."""
-    r, g, b = (rgb[..., c].astype(np.int16) for c in range(3))
-    mx = np.maximum(np.maximum(r, g), b)
-    mn = np.minimum(np.minimum(r, g), b)
-    d = mx - mn
-    sat = np.zeros(mx.shape, np.uint8)
-    pos = mx > 0
-    sat[pos] = np.rint(d[pos] * 255.0 / mx[pos]).astype(np.uint8)
-    if not p["reject_pen"]:
-        return sat, np.zeros(mx.shape, bool)
-    pen = mx < int(p["black_max_value"])
-    cand = (sat >= p["pen_min_saturation"] * 255.0) & (d > 0) & ~pen
-    if cand.any():
-        rr, gg, bb = r[cand], g[cand], b[cand]
-        m, dd = mx[cand], d[cand].astype(np.float32)
-        hue = np.where(
-            m == rr,
-            60.0 * np.mod((gg - bb) / dd, 6.0),
-            np.where(m == gg, 60.0 * ((bb - rr) / dd + 2.0), 60.0 * ((rr - gg) / dd + 4.0)),
-        )
-        lo, hi = p["pen_hue_deg"]
-        pen[cand] = (hue >= lo) & (hue <= hi)
-    return sat, pen
+# saturation rint(255 * d / mx) indexed by (mx << 8) | d, with d = max - min
+_SAT_LUT = np.zeros(1 << 16, np.uint8)
+_mx, _d = np.divmod(np.arange(1 << 16), 256)
+_ok = (_mx > 0) & (_d <= _mx)
+_SAT_LUT[_ok] = np.rint(255.0 * _d[_ok] / _mx[_ok]).astype(np.uint8)
+del _mx, _d, _ok
 
 
-def _threshold_saturation(rgb: np.ndarray, p: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
-    """Otsu on the saturation histogram (pen ink zeroed); tissue = saturation > threshold."""
-    sat, pen = _saturation_features(rgb, p)
-    sat[pen] = 0
-    hist = np.bincount(sat.ravel(), minlength=256)
+def _saturation_features(rgb: np.ndarray, p: dict[str, Any]) -> tuple[np.ndarray, int]:
+    """HSV saturation ``rint(255 (max - min) / max)`` of (h, w, 3) uint8 RGB, pen ink set to 0.
+
+    Pen ink (when ``reject_pen``): ``max(R, G, B) < black_max_value`` (black
+    marker, dark debris), or saturation >= ``pen_min_saturation`` with an HSV
+    hue in ``pen_hue_deg`` = (lo, hi) degrees, 60 <= lo <= 180 <= hi <= 300:
+    the green sector (G is the maximum, hue = 120 + 60 (B - R) / d >= lo) or
+    the blue sector (B is the maximum, hue = 240 + 60 (R - G) / d <= hi) --
+    where blue and green marker inks are and H&E stains are not. Exact
+    integer arithmetic (uint16), in cache-sized row blocks.
+
+    Returns (saturation uint8 (h, w), number of pen pixels).
+    """
+    h, w = rgb.shape[:2]
+    out = np.empty((h, w), np.uint8)
+    reject = bool(p["reject_pen"])
+    lo, hi = (int(round(float(v))) for v in p["pen_hue_deg"])
+    s_min = int(math.ceil(float(p["pen_min_saturation"]) * 255.0 - 1e-9))
+    black = int(p["black_max_value"])
+    u16 = np.uint16
+    pen_count = 0
+    rows = max(1, (1 << 17) // max(1, w))
+    planes = np.empty((3, min(rows, h), w), np.uint8)
+    for y in range(0, h, rows):
+        blk = rgb[y : y + rows]
+        n = blk.shape[0]
+        r, g, b = planes[:, :n]
+        np.copyto(planes[:, :n], blk.transpose(2, 0, 1))  # de-interleave: contiguous planes
+        mx = np.maximum(r, g)
+        np.maximum(mx, b, out=mx)
+        d = np.minimum(r, g)
+        np.minimum(d, b, out=d)
+        np.subtract(mx, d, out=d)  # d = max - min
+        idx = mx.astype(u16)
+        idx <<= 8
+        idx |= d
+        sat = _SAT_LUT[idx]
+        if reject:
+            pen = mx < black
+            d16 = d.astype(u16)
+            r60, g60, b60 = (c.astype(u16) * u16(60) for c in (r, g, b))
+            gmax = g == mx
+            # green sector: 60 (B - R) >= (lo - 120) d
+            green = (b60 >= r60 + d16 * u16(120 - lo)) if lo <= 120 else (b60 + d16 * u16(lo - 120) >= r60)
+            green &= gmax
+            # blue sector: 60 (R - G) <= (hi - 240) d
+            blue = (r60 + d16 * u16(240 - hi) <= g60) if hi <= 240 else (r60 <= g60 + d16 * u16(hi - 240))
+            blue &= b == mx
+            blue &= ~gmax
+            green |= blue
+            green &= sat >= s_min
+            green &= d > 0
+            pen |= green
+            sat[pen] = 0
+            pen_count += int(np.count_nonzero(pen))
+        out[y : y + n] = sat
+    return out, pen_count
+
+
+def _threshold_saturation(sat: np.ndarray, p: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+    """Otsu on the saturation histogram -> (bool tissue, stats); tissue = saturation > threshold."""
+    hist = _histogram(sat)
     (t_otsu,) = multi_otsu_thresholds(hist, 2)
     lo_n, lo_mean = _class_stats(hist, 0, t_otsu)
     hi_n, hi_mean = _class_stats(hist, t_otsu + 1, 255)
-    floor_ = p["min_saturation"] * 255.0
+    floor_ = float(p["min_saturation"]) * 255.0
     trusted = (
         lo_n > 0
         and hi_n > 0
-        and lo_mean <= p["max_background_saturation"] * 255.0
-        and hi_mean - lo_mean >= p["min_contrast"] * 255.0
+        and lo_mean <= float(p["max_background_saturation"]) * 255.0
+        and hi_mean - lo_mean >= float(p["min_contrast"]) * 255.0
     )
-    threshold = max(t_otsu, floor_) if trusted else floor_
-    threshold = int(math.floor(threshold))
-    raw = np.where(sat > threshold, TISSUE, BACKGROUND).astype(np.uint8)
-    return raw, {
+    threshold = int(math.floor(max(t_otsu, floor_) if trusted else floor_))
+    tissue = np.greater(sat, threshold)
+    return tissue, {
         "otsu_threshold": int(t_otsu),
         "threshold": threshold,
-        "threshold_saturation": threshold / 255.0,
+        "threshold_saturation": round(threshold / 255.0, 6),
         "fallback": not trusted,
-        "pen_fraction": float(pen.mean()) if pen.size else 0.0,
     }
 
 
 # ---------------------------------------------------------------------------
-# morphology (libvips) and small components
+# morphology on bit-packed masks, small components
 # ---------------------------------------------------------------------------
 
 
-def _disk(radius_px: float) -> list[list[int]] | None:
-    """libvips morphology mask of a disk: 255 where dx² + dy² <= r², 128 (don't care) elsewhere."""
+def _disk_offsets(radius_px: float) -> list[tuple[int, int]]:
+    """(dy, dx) with dx² + dy² <= r²: the disk structuring element (empty if r < 1)."""
     r = int(math.floor(radius_px + 1e-9))
     if r < 1:
-        return None
-    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
-    inside = xx * xx + yy * yy <= radius_px * radius_px + 1e-9
-    return np.where(inside, 255, 128).tolist()
+        return []
+    r2 = radius_px * radius_px + 1e-9
+    return [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1) if dx * dx + dy * dy <= r2]
 
 
-def _morph(mask: np.ndarray, radius_px: float, ops: tuple[str, str]) -> np.ndarray:
-    """Apply libvips ``morph`` ops in order with a disk; edges extended by copying."""
-    disk = _disk(radius_px)
-    if disk is None:
-        return mask
-    import pyvips
+class _BitMask:
+    """A boolean (h, w) image packed 64 pixels per uint64 word along x.
 
-    r = len(disk) // 2
-    pad = r * len(ops)
-    h, w = mask.shape
-    v = pyvips.Image.new_from_array(mask).embed(pad, pad, w + 2 * pad, h + 2 * pad, extend="copy")
-    for op in ops:
-        v = v.morph(disk, op)
-    return v.crop(pad, pad, w, h).numpy()
+    Bit ``x % 64`` of word ``x // 64`` is pixel ``x`` (little-endian); bits
+    past ``w`` are kept 0. Dilation and erosion with any structuring element
+    are ORs of shifted copies, on 1/64 of the data.
+    """
+
+    def __init__(self, words: np.ndarray, width: int):
+        self.words = words
+        self.width = width
+
+    @classmethod
+    def pack(cls, mask: np.ndarray) -> "_BitMask":
+        h, w = mask.shape
+        n_words = -(-w // 64)
+        b = np.packbits(mask, axis=1, bitorder="little")
+        if b.shape[1] != n_words * 8:
+            b = np.pad(b, ((0, 0), (0, n_words * 8 - b.shape[1])))
+        return cls(np.ascontiguousarray(b).view("<u8"), w)
+
+    def unpack(self) -> np.ndarray:
+        """uint8 (h, w) with 1 on set pixels."""
+        return np.unpackbits(self.words.view(np.uint8), axis=1, bitorder="little", count=self.width)
+
+    def _valid(self) -> np.ndarray:
+        n_words = self.words.shape[1]
+        v = np.full(n_words, np.iinfo(np.uint64).max, np.uint64)
+        rem = self.width - 64 * (n_words - 1)
+        if rem < 64:
+            v[-1] = np.uint64((1 << rem) - 1)
+        return v
+
+    @staticmethod
+    def _hshift(w: np.ndarray, dx: int) -> np.ndarray:
+        """out[:, x] = in[:, x + dx] in pixel units, zeros shifted in."""
+        if dx == 0:
+            return w
+        out = np.zeros_like(w)
+        q, s = divmod(abs(dx), 64)
+        n = w.shape[1]
+        if q >= n:
+            return out
+        if dx > 0:
+            src = w[:, q:]
+            if s == 0:
+                out[:, : n - q] = src
+            else:
+                out[:, : n - q] = src >> np.uint64(s)
+                out[:, : n - q - 1] |= src[:, 1:] << np.uint64(64 - s)
+        else:
+            src = w[:, : n - q]
+            if s == 0:
+                out[:, q:] = src
+            else:
+                out[:, q:] = src << np.uint64(s)
+                out[:, q + 1 :] |= src[:, :-1] >> np.uint64(64 - s)
+        return out
+
+    def _dilate_words(self, w: np.ndarray, offsets: list[tuple[int, int]]) -> np.ndarray:
+        h = w.shape[0]
+        acc = np.zeros_like(w)
+        by_dx: dict[int, list[int]] = {}
+        for dy, dx in offsets:
+            by_dx.setdefault(dx, []).append(dy)
+        for dx, dys in by_dx.items():
+            shifted = self._hshift(w, dx)
+            for dy in dys:
+                if dy >= h or -dy >= h:
+                    continue
+                if dy >= 0:
+                    acc[: h - dy] |= shifted[dy:]
+                else:
+                    acc[-dy:] |= shifted[: h + dy]
+        return acc
+
+    def dilate(self, offsets: list[tuple[int, int]]) -> "_BitMask":
+        """out(y, x) = OR of in(y + dy, x + dx); pixels outside the image count as unset."""
+        if not offsets:
+            return self
+        return _BitMask(self._dilate_words(self.words, offsets), self.width)
+
+    def erode(self, offsets: list[tuple[int, int]]) -> "_BitMask":
+        """out(y, x) = AND of in(y + dy, x + dx); pixels outside the image count as set."""
+        if not offsets:
+            return self
+        valid = self._valid()
+        inv = ~self.words
+        inv &= valid
+        out = self._dilate_words(inv, offsets)
+        np.invert(out, out=out)
+        out &= valid
+        return _BitMask(out, self.width)
+
+
+def _close_open(tissue: np.ndarray, closing_px: float, opening_px: float) -> np.ndarray:
+    """Closing (dilate, erode) with a disk of ``closing_px``, then opening (erode, dilate) with ``opening_px``.
+
+    Boundary convention: pixels outside the mask never add tissue in a
+    dilation and never remove tissue in an erosion, so tissue touching the
+    border is neither grown nor eaten from outside. Returns uint8 0/255.
+    """
+    m = _BitMask.pack(tissue)
+    close, open_ = _disk_offsets(closing_px), _disk_offsets(opening_px)
+    m = m.dilate(close).erode(close)
+    m = m.erode(open_).dilate(open_)
+    out = m.unpack()
+    out *= TISSUE
+    return out
 
 
 def _remove_small_components(mask: np.ndarray, min_object_px: float, min_hole_px: float) -> np.ndarray:
@@ -784,9 +1015,9 @@ def _remove_small_components(mask: np.ndarray, min_object_px: float, min_hole_px
     return new[lab]
 
 
-def _postprocess(raw: np.ndarray, mpp: float, p: dict[str, Any]) -> np.ndarray:
-    mask = _morph(raw, float(p["closing_um"]) / mpp, ("dilate", "erode"))
-    mask = _morph(mask, float(p["opening_um"]) / mpp, ("erode", "dilate"))
+def _postprocess(tissue: np.ndarray, mpp: float, p: dict[str, Any]) -> np.ndarray:
+    """bool tissue -> uint8 0/255 mask after closing/opening and optional component filtering."""
+    mask = _close_open(tissue, float(p["closing_um"]) / mpp, float(p["opening_um"]) / mpp)
     min_obj = float(p["min_object_um2"]) / (mpp * mpp)
     min_hole = float(p["min_hole_um2"]) / (mpp * mpp)
     if min_obj > 1 or min_hole > 1:

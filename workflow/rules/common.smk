@@ -76,6 +76,8 @@ def load_samples():
     if len(dup):
         _fail(f"duplicate slide_id {dup.iloc[0]!r} in the sample sheet")
     validate(sheet, "../schemas/samples.schema.yaml")
+    # validate() writes rows back and turns None into NaN again
+    sheet = sheet.astype(object).where(sheet.notna(), None)
     if not specs:  # demo slides are made by the workflow; real ones must exist now
         for row in sheet.itertuples():
             if not Path(row.path).is_file():

@@ -1,0 +1,189 @@
+"""Tissue-mask speed against the decode time of the pyramid level it reads.
+
+The bar: making a mask (``tissue_mask``: read the level, resample, threshold,
+morphology) takes at most 2x the time of ``slide.read_level(level)`` alone for
+the level it reads. Both are timed in the same run, each repetition on a
+freshly opened slide (the TIFF reader caches decoded tiles), and the minimum
+over ``--repeat`` repetitions is reported.
+
+Slides:
+
+* the real slides in ``../shared/data/slides`` (skipped when absent),
+* a synthetic slide from :func:`mask_first.synthetic.write_synthetic_slide`
+  (Aperio-like 0.2527 µm/px, so the 8 µm mask reads a level of 8.09 µm/px),
+* a big generic TIFF written here with tifffile (JPEG 4:2:0, 256 px tiles):
+  synthetic H&E texture, level 1 of 4096 x 3072 px at 8.09 µm/px, read for
+  several mask resolutions (resampling factor ~1, ~2, exactly 1 via an mpp
+  override, and a 4 µm mask that reads the 50 MP level 0 in strips).
+
+Usage::
+
+    python benchmarks/bench_tissue.py [--repeat 5] [--methods otsu saturation] [--no-big]
+
+Prints one line per (slide, mask mpp, method) and a final summary line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+# Runnable from a plain checkout without `pip install -e .`.
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from mask_first.masks.tissue import tissue_mask_with_info  # noqa: E402
+from mask_first.slides import open_slide  # noqa: E402
+
+SHARED = REPO.parent / "shared" / "data" / "slides"
+REAL = [
+    ("CMU-1-Small-Region.svs", None),
+    ("CMU-1-Small-Region_generic-pyramid_jpeg.tif", None),
+    ("CMU-1-Small-Region.ome.tif", None),
+    ("tcga-cr-7395-01a-01-ts1.svs", 0.25),
+    ("kidney-48-5.tif", 0.5),
+    ("wsi2dcm_bone_jpeg.dcm", None),
+]
+
+
+def _time(fn, repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        gc.collect()
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _fresh(path: Path, override):
+    return open_slide(path, override)
+
+
+def bench_case(path: Path, override, mpp: float, methods, repeat: int, label: str) -> list[float]:
+    with _fresh(path, override) as s:
+        level = s.best_level_for_mpp(mpp)
+        dims = s.level_dimensions[level]
+        lmpp = s.level_mpp(level)
+
+    def decode():
+        with _fresh(path, override) as s:
+            s.read_level(level)
+
+    def make(method):
+        def run():
+            with _fresh(path, override) as s:
+                res = tissue_mask_with_info(s, mpp, method)
+            assert res.level == level
+            return res
+
+        return run
+
+    ratios = []
+    # interleave so both see the same machine load
+    t_dec = float("inf")
+    t_mask = {m: float("inf") for m in methods}
+    for _ in range(repeat):
+        t_dec = min(t_dec, _time(decode, 1))
+        for m in methods:
+            t_mask[m] = min(t_mask[m], _time(make(m), 1))
+    shape = make(methods[0])().mask.shape
+    for m in methods:
+        ratio = t_mask[m] / t_dec
+        ratios.append(ratio)
+        print(
+            f"{label:<46} mask {mpp:>5g} um/px  level {level} {dims[0]}x{dims[1]} @ {lmpp[0]:.3f} um/px"
+            f"  f={mpp / lmpp[0]:.4f}  mask {shape[1]}x{shape[0]}  {m:<10}"
+            f"  decode {t_dec * 1e3:8.1f} ms  mask {t_mask[m] * 1e3:8.1f} ms  ratio {ratio:5.2f}",
+            flush=True,
+        )
+    return ratios
+
+
+def write_big_tiff(path: Path) -> Path:
+    """Generic pyramidal JPEG TIFF: level 0 8192x6144 at 4.0432 um/px, level 1 4096x3072 at 8.0864."""
+    import tifffile
+
+    from mask_first.synthetic import render_synthetic_region
+
+    # one 1024x768 patch of synthetic H&E (tissue and glass), tiled 4x4
+    patch = render_synthetic_region(
+        16384, 12288, x=0, y=0, w=1024, h=768, downsample=16, mpp=0.2527, seed=11, kind="he",
+        pen_mark=True, tissue_fraction=0.4,
+    )  # fmt: skip
+    level1 = np.tile(patch, (4, 4, 1))
+    level0 = np.repeat(np.repeat(level1, 2, axis=0), 2, axis=1)
+    levels = [level0, level1]
+    while max(levels[-1].shape[:2]) > 256:
+        a = levels[-1]
+        h, w = a.shape[0] // 2 * 2, a.shape[1] // 2 * 2
+        levels.append(a[:h, :w].reshape(h // 2, 2, w // 2, 2, 3).mean(axis=(1, 3)).round().astype(np.uint8))
+    mpp0 = 0.2527 * 16
+    with tifffile.TiffWriter(path, bigtiff=True) as tif:
+        for k, a in enumerate(levels):
+            res = 1e4 / (mpp0 * 2**k)
+            tif.write(
+                a, tile=(256, 256), photometric="rgb", compression="jpeg", compressionargs={"level": 85},
+                subsampling=(2, 2), subfiletype=1 if k else 0, resolution=(res, res),
+                resolutionunit="CENTIMETER", metadata=None, software=False,
+            )  # fmt: skip
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--methods", nargs="+", default=["otsu", "saturation"])
+    parser.add_argument("--mpp", type=float, default=8.0, help="mask resolution for the real/synthetic slides")
+    parser.add_argument("--no-big", action="store_true", help="skip the generated slides")
+    args = parser.parse_args(argv)
+    import pyvips
+
+    print(f"numpy {np.__version__}, libvips {pyvips.version(0)}.{pyvips.version(1)}.{pyvips.version(2)}, "
+          f"repeat {args.repeat} (min), ratio = mask time / read_level time", flush=True)  # fmt: skip
+    all_ratios: list[tuple[str, float]] = []
+    if SHARED.is_dir():
+        for name, override in REAL:
+            p = SHARED / name
+            if p.exists():
+                for r, m in zip(bench_case(p, override, args.mpp, args.methods, args.repeat, name), args.methods):
+                    all_ratios.append((f"{name}/{m}", r))
+    else:
+        print(f"(real slides not found at {SHARED})")
+    if not args.no_big:
+        from mask_first.synthetic import write_synthetic_slide
+
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            syn = write_synthetic_slide(
+                Path(tmp) / "synthetic-40x.tiff", 16384, 16384, mpp=0.2527, seed=5, tissue_fraction=0.3, workers=2
+            )
+            print(f"(wrote {syn.name} 16384x16384 in {time.perf_counter() - t0:.1f} s)", flush=True)
+            for r, m in zip(bench_case(syn, None, args.mpp, args.methods, args.repeat, syn.name), args.methods):
+                all_ratios.append((f"{syn.name}/{m}", r))
+            t0 = time.perf_counter()
+            big = write_big_tiff(Path(tmp) / "big-generic.tif")
+            print(f"(wrote {big.name} 8192x6144 + pyramid in {time.perf_counter() - t0:.1f} s)", flush=True)
+            for override, mpp, label in [
+                (None, 8.0, "big-generic.tif"),
+                (None, 16.0, "big-generic.tif"),
+                (4.0, 8.0, "big-generic.tif (mpp override 4.0)"),
+                (None, 4.0, "big-generic.tif (level 0, strips)"),
+            ]:
+                for r, m in zip(bench_case(big, override, mpp, args.methods, args.repeat, label), args.methods):
+                    all_ratios.append((f"{label}@{mpp}/{m}", r))
+    worst = max(all_ratios, key=lambda kv: kv[1])
+    for m in args.methods:
+        rs = [r for k, r in all_ratios if k.endswith("/" + m)]
+        print(f"summary {m}: {len(rs)} cases, max ratio {max(rs):.2f}, median {np.median(rs):.2f}")
+    print(f"worst: {worst[0]} ratio {worst[1]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -25,9 +25,10 @@ not coarser than the mask (10 % tolerance), never level 0 when a coarser
 suitable level exists. The level is then reduced to the mask grid by **area
 averaging** in two steps per axis:
 
-1. a box shrink by the integer ``k = max(1, round(f))`` (libvips ``shrink``
-   in float, rounded: intermediate pixel ``m`` is the mean of level pixels
-   ``[m k, (m + 1) k)``; the level is padded with white to whole blocks),
+1. a box shrink of the RGB by the integer ``k = max(1, round(f))``
+   (libvips ``shrink``: intermediate pixel ``m`` is the mean of level pixels
+   ``[m k, (m + 1) k)``, within one grey level; the level is padded with
+   white to whole blocks),
 2. exact area weights for the remaining factor ``r = f / k`` (about
    0.67-1.5; below 1 when the mask is finer than the level): mask pixel
    ``j`` is the mean of intermediate pixels over ``[j r, (j + 1) r)``, each
@@ -42,9 +43,9 @@ moves centroids by well under 0.1 mask pixel. ``f == 1`` is a plain copy.
 Levels over 32 M pixels are read in strips of whole mask rows (bounded
 memory; the result is identical).
 
-The feature thresholded is computed before step 2: grey level (linear, so
-the order does not matter) from the RGB of the level, saturation from the
-RGB after step 1 (i.e. per level pixel when ``k == 1``).
+The feature that is thresholded (grey level or saturation) is computed
+between the two steps, from the block-mean RGB (per level pixel when
+``k == 1``), and then area-averaged by step 2.
 
 Methods
 -------
@@ -494,22 +495,18 @@ def _luma(rgb: np.ndarray) -> np.ndarray:
     return out
 
 
-def _box_shrink_rgb(rgb: np.ndarray, kx: int, ky: int, out_w: int, out_h: int, luma: bool) -> np.ndarray:
-    """Means of ``kx x ky`` blocks from the origin (white padding to ``out_h*ky x out_w*kx``).
+def _box_shrink_rgb(rgb: np.ndarray, kx: int, ky: int, out_w: int, out_h: int) -> np.ndarray:
+    """Means of ``kx x ky`` RGB blocks from the origin, white padding to ``out_h*ky x out_w*kx``.
 
-    libvips, in float and rounded. With ``luma`` the result is the grey level
-    (h, w); otherwise RGB (h, w, 3). Requires ``kx > 1 or ky > 1``.
+    libvips ``shrink`` on uchar (each mean within one grey level of the exact
+    mean: libvips rounds per axis). Requires ``kx > 1 or ky > 1``.
     """
     import pyvips
 
     v = pyvips.Image.new_from_array(rgb)
     if v.width != out_w * kx or v.height != out_h * ky:
         v = v.embed(0, 0, out_w * kx, out_h * ky, extend="background", background=[WHITE] * 3)
-    v = v.recomb([[77 / 256, 150 / 256, 29 / 256]]) if luma else v.cast("float")
-    out = (v.shrink(kx, ky) + 0.5).cast("uchar").numpy()
-    if luma and out.ndim == 3:
-        out = out[..., 0]
-    return out
+    return v.shrink(kx, ky).numpy()
 
 
 def _apply_taps(
@@ -601,11 +598,10 @@ def _resample_level(
             if kx == 1 and ky == 1:
                 inter = rgb
             else:
-                inter = _box_shrink_rgb(rgb, kx, ky, plan_x.n_int, m1 - m0, luma=feature == "luma")
+                inter = _box_shrink_rgb(rgb, kx, ky, plan_x.n_int, m1 - m0)
             del rgb
             if feature == "luma":
-                if inter.ndim == 3:
-                    inter = _luma(inter)
+                inter = _luma(inter)
             else:
                 inter, n_pen = _saturation_features(inter, params)
                 pen_count += n_pen

@@ -192,6 +192,14 @@ class _TiffLevelReader:
         self.samples = int(page.samplesperpixel)
         self._decode = page.decode
         self._jpegtables = page.jpegtables
+        # 8-bit RGB JPEG segments can be decoded by libjpeg straight into the
+        # caller's array: no intermediate array, no copy
+        self._jpeg_colorspaces = None
+        if page.compression == 7 and page.bitspersample == 8 and self.samples == 3 and not page.extrasamples:
+            if page.photometric == 6:  # YCbCr stored, RGB out: libjpeg converts
+                self._jpeg_colorspaces = (None, 2)
+            elif page.photometric == 2:  # RGB stored; Aperio writes it without a JFIF marker
+                self._jpeg_colorspaces = (None if page.is_jfif else 2, 2)
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._cache_size = cache_segments
         self._lock = threading.Lock()
@@ -216,6 +224,27 @@ class _TiffLevelReader:
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return arr
+
+    def is_whole_segment(self, index: int, x: int, y: int, width: int, height: int) -> bool:
+        """True when the region is exactly segment ``index`` and lies inside the image."""
+        j, i = divmod(index, self.n_x)
+        sx0, sy0 = i * self.seg_w, j * self.seg_h
+        return (
+            x == sx0 and y == sy0 and width == self.seg_w and height == self.seg_h
+            and sx0 + width <= self.width and sy0 + height <= self.height
+        )
+
+    def decode_into(self, index: int, out: np.ndarray) -> None:
+        """Decode segment ``index`` into ``out`` (seg_h, seg_w, 3), bypassing the cache."""
+        count = int(self.counts[index])
+        if self._jpeg_colorspaces is None or count == 0:
+            out[...] = self.decode_segment(index)
+            return
+        import imagecodecs
+
+        data = os.pread(self.fd, count, int(self.offsets[index]))
+        cs, ocs = self._jpeg_colorspaces
+        imagecodecs.jpeg8_decode(data, tables=self._jpegtables, colorspace=cs, outcolorspace=ocs, out=out)
 
     def segments_for(self, x0: int, y0: int, x1: int, y1: int) -> list[int]:
         """Row-major indices of the segments touching the clipped box [x0, x1) x [y0, y1)."""
@@ -320,24 +349,29 @@ class TiffSlide(Slide):
 
     def read_regions_into(self, level, xs, ys, width, height, out, threads: int = 1) -> None:
         reader = self._readers[level]
-        xs = np.asarray(xs, np.int64)
-        ys = np.asarray(ys, np.int64)
-        needed: list[list[int]] = []
-        for x, y in zip(xs.tolist(), ys.tolist()):
-            needed.append(reader.segments_for(x, y, x + width, y + height))
-        unique = sorted({s for segs in needed for s in segs})
-        if threads > 1 and len(unique) > 1:
+        xs = np.asarray(xs, np.int64).tolist()
+        ys = np.asarray(ys, np.int64).tolist()
+        direct: list[tuple[int, int]] = []  # (request, segment) decoded straight into out
+        pasted: list[tuple[int, list[int]]] = []  # requests assembled from cached segments
+        for k, (x, y) in enumerate(zip(xs, ys)):
+            segs = reader.segments_for(x, y, x + width, y + height)
+            if len(segs) == 1 and reader.is_whole_segment(segs[0], x, y, width, height):
+                direct.append((k, segs[0]))
+            else:
+                pasted.append((k, segs))
+        unique = sorted({s for _, segs in pasted for s in segs})
+        jobs = [lambda k=k, s=s: reader.decode_into(s, out[k]) for k, s in direct]
+        jobs += [lambda s=s: reader.decode_segment(s) for s in unique]
+        if threads > 1 and len(jobs) > 1:
             # imagecodecs releases the GIL while decoding, so threads scale
             with ThreadPoolExecutor(threads) as pool:
-                decoded = dict(zip(unique, pool.map(reader.decode_segment, unique)))
+                results = list(pool.map(lambda job: job(), jobs))
         else:
-            decoded = {s: reader.decode_segment(s) for s in unique}
-        for k, (x, y, segs) in enumerate(zip(xs.tolist(), ys.tolist(), needed)):
-            tile = out[k]
-            covered = (
-                x >= 0 and y >= 0 and x + width <= reader.width and y + height <= reader.height
-            )
-            if not covered:
+            results = [job() for job in jobs]
+        decoded = dict(zip(unique, results[len(direct):]))
+        for k, segs in pasted:
+            x, y, tile = xs[k], ys[k], out[k]
+            if not (x >= 0 and y >= 0 and x + width <= reader.width and y + height <= reader.height):
                 tile[...] = WHITE
             for s in segs:
                 reader.paste(s, decoded[s], x, y, tile)

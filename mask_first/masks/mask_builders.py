@@ -1153,17 +1153,24 @@ class MaskBuilder:
         bands = [(r0, min(extents[0], r0 + rows)) for r0 in range(0, extents[0], rows)]
 
         # The largest overlap must be known before the aggregator allocates
-        # its counter.  Band layouts are cheap (their size follows the number
-        # of tiles, not of cells), so they are recomputed rather than kept.
+        # its counter, hence two passes.  Band layouts grow with the number of
+        # tiles, not of cells; they are kept for the second pass while they
+        # stay small next to the accumulator, and recomputed otherwise.
+        keep_elements = acc.nbytes // (8 * _CHUNK_FRACTION)
+        layouts: list[_BandLayout | None] = []
         max_count = 0
         for r0, r1 in bands:
-            max_count = max(max_count, records.band_layout(r0, r1, extents).max_count)
+            layout = records.band_layout(r0, r1, extents)
+            max_count = max(max_count, layout.max_count)
+            keep_elements -= layout.count.size + 2 * layout.flat.size
+            layouts.append(layout if keep_elements >= 0 else None)
         self.aggregator.begin_finalize(max_count)
         count_dtype = _smallest_unsigned(max_count)
 
         ufunc = self.aggregator.ufunc
-        for r0, r1 in bands:
-            layout = records.band_layout(r0, r1, extents)
+        for (r0, r1), layout in zip(bands, layouts, strict=True):
+            if layout is None:
+                layout = records.band_layout(r0, r1, extents)
             scalars = layout.scalar_grid(records, ufunc, self._identity, acc.dtype)
             counts = layout.count.astype(count_dtype)
             rows = layout.breaks[0] + r0

@@ -600,23 +600,32 @@ def _resample_level(
             else:
                 inter = _box_shrink_rgb(rgb, kx, ky, plan_x.n_int, m1 - m0)
             del rgb
-            if feature == "luma":
-                inter = _luma(inter)
-            else:
-                inter, n_pen = _saturation_features(inter, params)
-                pen_count += n_pen
+
+            def work(a: int, b: int, own_end: int, inter=inter, m0=m0) -> int:
+                """Feature + taps for mask rows [a, b); returns pen pixels in rows < own_end."""
+                ma, mb = plan_y.needed(a, b)
+                chunk = inter[ma - m0 : mb - m0]
+                if feature == "luma":
+                    feat, n_pen = _luma(chunk), 0
+                else:
+                    feat, pen_rows = _saturation_features(chunk, params)
+                    n_pen = int(pen_rows[: max(0, min(mb, own_end) - ma)].sum())
+                _apply_taps(feat, ma, plan_y, plan_x, a, b, out[a:b])
+                return n_pen
+
+            # intermediate rows from strip_end on are counted (for pen_fraction) by the next strip
+            strip_end = plan_y.needed(i1, min(i1 + rows_per_strip, plan_y.n_out))[0] if i1 < plan_y.n_out else m1
             if pool is None:
-                _apply_taps(inter, m0, plan_y, plan_x, i0, i1, out[i0:i1])
+                pen_count += work(i0, i1, strip_end)
             else:
-                # two threads over halves of the strip's mask rows (numpy releases the GIL)
+                # two threads over halves of the strip's mask rows (numpy releases the GIL);
+                # the few intermediate rows both halves need are computed twice
                 mid = i0 + (i1 - i0 + 1) // 2
-                futures = [
-                    pool.submit(_apply_taps, inter, m0, plan_y, plan_x, a, b, out[a:b])
-                    for a, b in ((i0, mid), (mid, i1))
-                    if b > a
-                ]
-                for fut in futures:
-                    fut.result()
+                split = plan_y.needed(mid, i1)[0] if mid < i1 else strip_end
+                futures = [pool.submit(work, i0, mid, split)]
+                if mid < i1:
+                    futures.append(pool.submit(work, mid, i1, strip_end))
+                pen_count += sum(f.result() for f in futures)
     finally:
         if pool is not None:
             pool.shutdown()
@@ -779,7 +788,7 @@ _SAT_LUT[_ok] = np.rint(255.0 * _d[_ok] / _mx[_ok]).astype(np.uint8)
 del _mx, _d, _ok
 
 
-def _saturation_features(rgb: np.ndarray, p: dict[str, Any]) -> tuple[np.ndarray, int]:
+def _saturation_features(rgb: np.ndarray, p: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """HSV saturation ``rint(255 (max - min) / max)`` of (h, w, 3) uint8 RGB, pen ink set to 0.
 
     Pen ink (when ``reject_pen``): ``max(R, G, B) < black_max_value`` (black
@@ -790,7 +799,7 @@ def _saturation_features(rgb: np.ndarray, p: dict[str, Any]) -> tuple[np.ndarray
     where blue and green marker inks are and H&E stains are not. Exact
     integer arithmetic (uint16), in cache-sized row blocks.
 
-    Returns (saturation uint8 (h, w), number of pen pixels).
+    Returns (saturation uint8 (h, w), pen pixels per row (h,) int64).
     """
     h, w = rgb.shape[:2]
     out = np.empty((h, w), np.uint8)
@@ -799,7 +808,7 @@ def _saturation_features(rgb: np.ndarray, p: dict[str, Any]) -> tuple[np.ndarray
     s_min = int(math.ceil(float(p["pen_min_saturation"]) * 255.0 - 1e-9))
     black = int(p["black_max_value"])
     u16 = np.uint16
-    pen_count = 0
+    pen_rows = np.zeros(h, np.int64)
     rows = max(1, (1 << 17) // max(1, w))
     planes = np.empty((3, min(rows, h), w), np.uint8)
     for y in range(0, h, rows):
@@ -833,9 +842,9 @@ def _saturation_features(rgb: np.ndarray, p: dict[str, Any]) -> tuple[np.ndarray
             green &= d > 0
             pen |= green
             sat[pen] = 0
-            pen_count += int(np.count_nonzero(pen))
+            pen_rows[y : y + n] = np.count_nonzero(pen, axis=1)
         out[y : y + n] = sat
-    return out, pen_count
+    return out, pen_rows
 
 
 def _threshold_saturation(sat: np.ndarray, p: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:

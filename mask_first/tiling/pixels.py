@@ -109,10 +109,16 @@ def read_slide_tiles(
     """
     xs, ys = _coords(tile_x, tile_y)
     out = np.empty((len(xs), tile_extent_y, tile_extent_x, 3), np.uint8)
-    for sl, batch in iter_slide_tiles(
-        path, xs, ys, tile_extent_x, tile_extent_y, level, threads=threads, mpp_override=mpp_override
-    ):
-        out[sl] = batch
+    own = not isinstance(path, Slide)
+    slide = open_slide(path, mpp_override) if own else path
+    try:
+        # decode straight into the result, batch by batch (the decoded-segment cache stays small)
+        for start in range(0, len(xs), DEFAULT_BATCH):
+            sl = slice(start, start + DEFAULT_BATCH)
+            slide.read_regions_into(level, xs[sl], ys[sl], tile_extent_x, tile_extent_y, out[sl], threads=threads)
+    finally:
+        if own:
+            slide.close()
     return out
 
 

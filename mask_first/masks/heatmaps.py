@@ -10,6 +10,7 @@ the heatmap overlays the slide in any viewer that honours them.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +29,7 @@ def build_heatmap(
     storage: str = "inmemory",
     aggregation: str = "mean",
     batch_size: int = 4096,
+    max_pixels: int = 1 << 28,
 ) -> tuple[np.ndarray, tuple[float, float]]:
     """Assemble scalar per-tile predictions into a (C, H, W) float32 heatmap.
 
@@ -52,11 +54,26 @@ def build_heatmap(
     missing = [c for c in ["x", "y", *columns] if c not in predictions.columns]
     if missing:
         raise ValueError(f"predictions table lacks column(s) {', '.join(missing)}")
+    tile = (int(info.tile_extent_y), int(info.tile_extent_x))
+    stride = (int(info.stride_y), int(info.stride_x))
+    # One heatmap pixel per stride cell; tiles off the stride lattice (a grid made
+    # with last="shift") need a finer cell that divides their coordinates too.
+    cell = [
+        math.gcd(t, s, *np.unique(predictions[c]).astype(int).tolist())
+        for t, s, c in zip(tile, stride, ("y", "x"))
+    ]
+    if cell != [math.gcd(t, s) for t, s in zip(tile, stride)]:
+        n_px = int(info.extent_x) // cell[1] * (int(info.extent_y) // cell[0]) * len(columns)
+        if n_px > max_pixels:
+            raise ValueError(
+                f"tiles off the stride grid need a heatmap of {n_px} values (cell {cell} px); "
+                "use tiling last: keep or drop"
+            )
     builder = MaskBuilder(
         source_extents=(int(info.extent_y), int(info.extent_x)),
-        source_tile_extent=(int(info.tile_extent_y), int(info.tile_extent_x)),
-        output_tile_extent=(1, 1),
-        stride=(int(info.stride_y), int(info.stride_x)),
+        source_tile_extent=tile,
+        output_tile_extent=(tile[0] // cell[0], tile[1] // cell[1]),
+        stride=stride,
         n_channels=len(columns),
         storage=storage,
         # cells no tile covered are NaN ("no prediction"), not 0 (a prediction of 0)

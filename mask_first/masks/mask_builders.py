@@ -349,6 +349,7 @@ class MemmapStorage(Storage):
         self.directory = None if directory is None else Path(directory)
         self.max_resident_bytes = int(max_resident_bytes)
         self._arrays: list[np.memmap] = []
+        self._persistent: list[np.memmap] = []
         self._created: list[Path] = []  # persistent files created by us
         self._pending_unlink: list[Path] = []  # temporary files (non-POSIX)
         self._written = 0
@@ -407,6 +408,8 @@ class MemmapStorage(Storage):
                 path.unlink()
             else:
                 self._pending_unlink.append(path)
+        else:
+            self._persistent.append(arr)
         self._arrays.append(arr)
         if fill_value != 0:  # the file starts zeroed (sparse)
             flat = arr.reshape(-1)
@@ -433,11 +436,14 @@ class MemmapStorage(Storage):
                 mm.madvise(advice)
 
     def flush(self) -> None:
-        for arr in self._arrays:
+        # Temporary files are never read back from disk: syncing them would
+        # only cost I/O.
+        for arr in self._persistent:
             arr.flush()
 
     def abort(self) -> None:
         self._arrays.clear()
+        self._persistent.clear()
         for path in self._created:
             path.unlink(missing_ok=True)
         self._created.clear()
@@ -446,6 +452,7 @@ class MemmapStorage(Storage):
     def cleanup(self) -> None:
         self.flush()
         self._arrays.clear()
+        self._persistent.clear()
         for path in self._pending_unlink:
             try:
                 path.unlink(missing_ok=True)

@@ -51,6 +51,10 @@ __all__ = [
 _UM_PER_UNIT = {2: 25400.0, 3: 10000.0}  # ResolutionUnit inch, centimetre -> µm
 
 
+class _OverlayError(ValueError):
+    """An invalid overlay (raised as ValueError; lets other errors be wrapped)."""
+
+
 def mode_downsample_2x2(labels: np.ndarray) -> np.ndarray:
     """Halve a label image by the majority label of each 2x2 block.
 
@@ -218,7 +222,7 @@ def read_mask_overlay(path: str | os.PathLike) -> tuple[np.ndarray, float, float
         with tifffile.TiffFile(path) as tif:
             page = tif.pages.first
             if page.samplesperpixel != 1 or page.dtype != np.uint8 or len(page.shape) != 2:
-                raise ValueError(
+                raise _OverlayError(
                     f"{name}: not a mask overlay: level 0 must be a 2-D uint8 image "
                     f"(1 sample), got shape {page.shape} {page.dtype}"
                 )
@@ -226,9 +230,9 @@ def read_mask_overlay(path: str | os.PathLike) -> tuple[np.ndarray, float, float
             unit_tag = tags.get("ResolutionUnit")
             unit = int(unit_tag.value) if unit_tag is not None else 2  # TIFF default: inch
             if "XResolution" not in tags or "YResolution" not in tags:
-                raise ValueError(f"{name}: not a mask overlay: no XResolution/YResolution tags (mask mpp unknown)")
+                raise _OverlayError(f"{name}: not a mask overlay: no XResolution/YResolution tags (mask mpp unknown)")
             if unit not in _UM_PER_UNIT:
-                raise ValueError(
+                raise _OverlayError(
                     f"{name}: not a mask overlay: ResolutionUnit {unit} has no physical unit "
                     "(centimetre or inch needed for the mask mpp)"
                 )
@@ -236,14 +240,15 @@ def read_mask_overlay(path: str | os.PathLike) -> tuple[np.ndarray, float, float
             for tag in ("XResolution", "YResolution"):
                 num, den = tags[tag].value
                 if not num or not den:
-                    raise ValueError(f"{name}: not a mask overlay: {tag} is {num}/{den}")
+                    raise _OverlayError(f"{name}: not a mask overlay: {tag} is {num}/{den}")
                 mpps.append(_UM_PER_UNIT[unit] * den / num)
             description = page.description or ""
             mask = page.asarray()
-    except ValueError:
+    except _OverlayError:
         raise
     except Exception as exc:  # tifffile errors, truncated files, ...
-        raise ValueError(f"{name}: not a readable mask overlay TIFF ({type(exc).__name__}: {exc})") from None
+        cause = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise _OverlayError(f"{name}: not a readable mask overlay TIFF ({cause})") from None
     provenance: dict[str, Any] = {}
     if description.strip():
         try:

@@ -59,7 +59,7 @@ Methods
 ``"saturation"``
     HSV saturation ``(max - min) / max``, 2-class Otsu, tissue = above the
     threshold, with pen ink set to 0 first: blue/green hues (default
-    70-235 degrees) at saturation >= 0.3, and black (``max(R, G, B) < 50``).
+    70-235 degrees) at saturation >= 0.2, and black (``max(R, G, B) < 50``).
     Rejects grey/white background, dust, dark grey debris and marker ink
     much better; use it for H&E slides with pen marks or dirty glass. Not
     suitable for weakly coloured tissue (grey IHC counterstains), and not for
@@ -153,7 +153,7 @@ _METHOD_PARAMS: dict[str, dict[str, Any]] = {
         # pen_min_saturation) and black (max(R, G, B) < black_max_value)
         "reject_pen": True,
         "pen_hue_deg": (70.0, 235.0),
-        "pen_min_saturation": 0.3,
+        "pen_min_saturation": 0.2,
         "black_max_value": 50,
     },
 }
@@ -237,7 +237,8 @@ class TissueMaskResult:
                 "level": self.level,
                 "level_mpp": list(self.level_mpp),
                 "level_dimensions": list(self.level_dimensions),
-                "slide": self.slide,
+                "slide": Path(self.slide).name,
+                "slide_path": self.slide,
                 "slide_mpp": list(self.slide_mpp),
                 "slide_dimensions": list(self.slide_dimensions),
                 "stats": self.stats,
@@ -304,7 +305,8 @@ def tissue_mask(
     method : {"otsu", "saturation"}
         See the module docstring for when to use which.
     mpp_override : float, optional
-        Level-0 µm/px for slides without mpp metadata (only with a path).
+        Level-0 µm/px for slides without mpp metadata (only with a path;
+        ValueError with an open Slide).
     **params
         Method parameters, see :func:`default_params` (``closing_um``,
         ``opening_um`` radii in µm; ``min_object_um2``, ``min_hole_um2`` areas
@@ -355,6 +357,8 @@ def tissue_mask_with_info(
     if not (mpp > 0 and math.isfinite(mpp)):
         raise ValueError(f"mask mpp must be a positive number of µm/px, got {mpp}")
     if isinstance(slide, Slide):
+        if mpp_override is not None:
+            raise ValueError("mpp_override applies when a path is given; an open Slide already has its mpp")
         return _tissue_mask(slide, mpp, method, resolved)
     with open_slide(slide, mpp_override) as opened:
         return _tissue_mask(opened, mpp, method, resolved)
@@ -432,6 +436,9 @@ class _AxisPlan:
     base: np.ndarray  # (n_out,) int64
     weights: np.ndarray  # (taps, n_out) uint16
     fill_weight: np.ndarray  # (n_out,) uint16
+    # (j0, j1, m0): mask pixels [j0, j1) have base = m0 + (j - j0), i.e. read a
+    # contiguous slice; None when the runs are short (a gather is faster then)
+    runs: tuple[tuple[int, int, int], ...] | None = None
 
     @property
     def taps(self) -> int:
@@ -471,7 +478,13 @@ class _AxisPlan:
         q[outside] = 0
         used = np.flatnonzero(q.any(1))
         q = q[: used[-1] + 1] if used.size else q[:1]
-        return cls(n_level, n_out, f, k, r, n_int, False, base, q.astype(np.uint16), fill.astype(np.uint16))
+        cuts = np.flatnonzero(np.diff(base - j)) + 1
+        runs = None
+        if n_out >= 32 * (len(cuts) + 1):
+            starts = [0, *cuts.tolist()]
+            ends = [*cuts.tolist(), n_out]
+            runs = tuple((a, b, int(base[a])) for a, b in zip(starts, ends))
+        return cls(n_level, n_out, f, k, r, n_int, False, base, q.astype(np.uint16), fill.astype(np.uint16), runs)
 
 
 def _luma(rgb: np.ndarray) -> np.ndarray:
@@ -509,6 +522,23 @@ def _box_shrink_rgb(rgb: np.ndarray, kx: int, ky: int, out_w: int, out_h: int) -
     return v.shrink(kx, ky).numpy()
 
 
+def _gather_columns(r: np.ndarray, plan: _AxisPlan, t: int, buf: np.ndarray) -> np.ndarray:
+    """``r[:, plan.src(t)]`` into ``buf``, by contiguous slices when the plan has long runs.
+
+    Columns whose source lies past the image get whatever is in ``buf``: their
+    weight is 0.
+    """
+    if plan.runs is None:
+        return np.take(r, plan.src(t), axis=1, out=buf)
+    n_in = r.shape[1]
+    for j0, j1, m0 in plan.runs:
+        a = m0 + t
+        b = min(a + (j1 - j0), n_in)
+        if b > a:
+            buf[:, j0 : j0 + (b - a)] = r[:, a:b]
+    return buf
+
+
 def _apply_taps(
     inter: np.ndarray, row_offset: int, plan_y: _AxisPlan, plan_x: _AxisPlan, i0: int, i1: int, out: np.ndarray
 ) -> None:
@@ -525,8 +555,8 @@ def _apply_taps(
     if not plan_x.identity:
         acc2 = np.empty((rows, plan_x.n_out), np.uint16)
         tmp2 = np.empty_like(acc2)
+        cols = np.zeros((rows, plan_x.n_out), np.uint8)
         fill_x = plan_x.fill_weight * np.uint16(WHITE) + np.uint16(128)
-        src_x = [plan_x.src(t) for t in range(plan_x.taps)]
     if not plan_y.identity:
         fill_y = plan_y.fill_weight * np.uint16(WHITE) + np.uint16(128)
         src_y = [plan_y.src(t) - row_offset for t in range(plan_y.taps)]
@@ -542,8 +572,15 @@ def _apply_taps(
         else:
             a, t_ = acc[:n], tmp[:n]
             a[...] = fill_y[b0:b1, None]
+            # rows base[b0] + t + (0 .. n-1) when the block lies in one run: a view, no copy
+            first = int(plan_y.base[b0]) - row_offset
+            contiguous = int(plan_y.base[b1 - 1]) - int(plan_y.base[b0]) == n - 1
             for t in range(plan_y.taps):
-                np.multiply(inter[src_y[t][b0:b1]], plan_y.weights[t, b0:b1, None], out=t_, dtype=np.uint16)
+                if contiguous and first + t + n <= inter.shape[0]:
+                    rows_t = inter[first + t : first + t + n]
+                else:
+                    rows_t = inter[src_y[t][b0:b1]]
+                np.multiply(rows_t, plan_y.weights[t, b0:b1, None], out=t_, dtype=np.uint16)
                 a += t_
             a >>= 8
             np.copyto(r, a, casting="unsafe")
@@ -557,7 +594,7 @@ def _apply_taps(
         a2, t2 = acc2[:n], tmp2[:n]
         a2[...] = fill_x
         for t in range(plan_x.taps):
-            np.multiply(np.take(r, src_x[t], axis=1), plan_x.weights[t], out=t2, dtype=np.uint16)
+            np.multiply(_gather_columns(r, plan_x, t, cols[:n]), plan_x.weights[t], out=t2, dtype=np.uint16)
             a2 += t2
         a2 >>= 8
         np.copyto(dst, a2, casting="unsafe")
@@ -831,7 +868,7 @@ def _saturation_features(rgb: np.ndarray, p: dict[str, Any]) -> tuple[np.ndarray
             r60, g60, b60 = (c.astype(u16) * u16(60) for c in (r, g, b))
             gmax = g == mx
             # green sector: 60 (B - R) >= (lo - 120) d
-            green = (b60 >= r60 + d16 * u16(120 - lo)) if lo <= 120 else (b60 + d16 * u16(lo - 120) >= r60)
+            green = (b60 + d16 * u16(120 - lo) >= r60) if lo <= 120 else (b60 >= r60 + d16 * u16(lo - 120))
             green &= gmax
             # blue sector: 60 (R - G) <= (hi - 240) d
             blue = (r60 + d16 * u16(240 - hi) <= g60) if hi <= 240 else (r60 <= g60 + d16 * u16(hi - 240))

@@ -89,6 +89,9 @@ def load_samples():
 
 SAMPLES, DEMO_SPECS = load_samples()
 SLIDES = list(SAMPLES.index)
+# one plain dict per slide, built once: the input functions below run for every
+# job, and a pandas .loc per call dominated the DAG building of large cohorts
+SAMPLE_ROWS = SAMPLES.to_dict("index")
 
 
 wildcard_constraints:
@@ -101,7 +104,7 @@ wildcard_constraints:
 
 
 def sample(wildcards):
-    return SAMPLES.loc[wildcards.slide]
+    return SAMPLE_ROWS[wildcards.slide]
 
 
 def slide_path(wildcards):
@@ -117,17 +120,24 @@ def tissue_method(wildcards):
     return sample(wildcards)["tissue_method"] or config["mask"]["method"]
 
 
+_MASK_KEYS = {}
+
+
 def mask_key(wildcards):
     """Cache key of a generated mask: everything the mask depends on, nothing else."""
-    return row_hash(
-        {
-            "path": slide_path(wildcards),
-            "mpp_override": mpp_override(wildcards),
-            "mask_mpp": config["mask"]["mpp"],
-            "method": tissue_method(wildcards),
-            "params": config["mask"].get("params") or {},
-        }
-    )
+    # computed once per slide (config and sheet are fixed once parsed)
+    key = _MASK_KEYS.get(wildcards.slide)
+    if key is None:
+        key = _MASK_KEYS[wildcards.slide] = row_hash(
+            {
+                "path": slide_path(wildcards),
+                "mpp_override": mpp_override(wildcards),
+                "mask_mpp": config["mask"]["mpp"],
+                "method": tissue_method(wildcards),
+                "params": config["mask"].get("params") or {},
+            }
+        )
+    return key
 
 
 def mask_source(wildcards):
@@ -157,7 +167,7 @@ def step_benchmarks(slide):
     if config["pixels"]["enabled"]:
         steps.append("pixels")
     files = [f"results/benchmarks/{s}/{slide}.tsv" for s in steps]
-    if uses_mask() and not SAMPLES.loc[slide, "mask"]:
+    if uses_mask() and not SAMPLE_ROWS[slide]["mask"]:
         key = mask_key(type("W", (), {"slide": slide})())
         files.append(f"results/benchmarks/tissue_mask/{slide}-{key}.tsv")
     return files

@@ -1,0 +1,545 @@
+"""Tissue masks: thresholds, grid geometry, level choice, guards, pen rejection, real slides."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import mask_first.masks.tissue as tissue_mod
+from conftest import MPP_OVERRIDES, write_pyramid_tiff
+from mask_first.masks.tissue import (
+    default_params,
+    mask_shape,
+    multi_otsu_thresholds,
+    tissue_mask,
+    tissue_mask_with_info,
+)
+from mask_first.slides import Level, Slide, SlideError, TiffSlide, open_slide
+
+GLASS = (240, 240, 240)
+TISSUE_RGB = (200, 120, 175)  # pink/purple H&E-like
+
+
+# ---------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------
+
+
+class ArraySlide(Slide):
+    """In-memory pyramid; records every read as (level, x, y, width, height)."""
+
+    def __init__(self, levels: list[np.ndarray], mpp: float | tuple[float, float], name: str = "array-slide"):
+        self.path = Path(name)
+        self.vendor = "test"
+        self._arrays = levels
+        h0, w0 = levels[0].shape[:2]
+        self.levels = [Level(a.shape[1], a.shape[0], w0 / a.shape[1], h0 / a.shape[0]) for a in levels]
+        self.mpp_x, self.mpp_y = (mpp, mpp) if np.ndim(mpp) == 0 else mpp
+        self.reads: list[tuple[int, int, int, int, int]] = []
+
+    def read_regions_into(self, level, xs, ys, width, height, out) -> None:
+        a = self._arrays[level]
+        for k, (x, y) in enumerate(zip(np.asarray(xs).tolist(), np.asarray(ys).tolist())):
+            self.reads.append((level, x, y, width, height))
+            out[k] = 255
+            x0, y0 = max(x, 0), max(y, 0)
+            x1, y1 = min(x + width, a.shape[1]), min(y + height, a.shape[0])
+            if x0 < x1 and y0 < y1:
+                out[k, y0 - y : y1 - y, x0 - x : x1 - x] = a[y0:y1, x0:x1]
+
+
+def box_pyramid(img: np.ndarray, n_levels: int) -> list[np.ndarray]:
+    levels = [img]
+    for _ in range(n_levels - 1):
+        a = levels[-1]
+        h, w = a.shape[0] // 2 * 2, a.shape[1] // 2 * 2
+        levels.append(a[:h, :w].reshape(h // 2, 2, w // 2, 2, 3).mean(axis=(1, 3)).round().astype(np.uint8))
+    return levels
+
+
+# rectangles (x0, y0, x1, y1) in µm on a 1600 x 1200 µm slide; the last one is a hole
+RECTS_UM = [(100, 150, 700, 500), (900, 200, 1450, 900), (300, 700, 650, 1100)]
+HOLE_UM = (1050, 400, 1250, 560)
+
+
+def rect_scene(mpp0: float = 1.0, seed: int = 0) -> np.ndarray:
+    """Level-0 RGB of the rectangle scene at ``mpp0`` µm/px (textured tissue, noisy glass)."""
+    w, h = round(1600 / mpp0), round(1200 / mpp0)
+    rng = np.random.default_rng(seed)
+    img = np.empty((h, w, 3), np.float32)
+    img[...] = GLASS
+    tissue = truth_fraction(w, h, mpp0) >= 0.5
+    texture = rng.normal(0, 12, (h, w, 1)).astype(np.float32)
+    img[tissue] = np.asarray(TISSUE_RGB, np.float32) + texture[tissue]
+    img += rng.normal(0, 2, img.shape).astype(np.float32)
+    return np.clip(img, 0, 255).round().astype(np.uint8)
+
+
+def _coverage_1d(n: int, px: float, lo: float, hi: float) -> np.ndarray:
+    """Fraction of each pixel [j px, (j+1) px) inside [lo, hi) (µm)."""
+    j = np.arange(n)
+    return np.clip(np.minimum((j + 1) * px, hi) - np.maximum(j * px, lo), 0, None) / px
+
+
+def truth_fraction(width: int, height: int, mpp: float) -> np.ndarray:
+    """Exact tissue area fraction of every pixel of a ``mpp`` grid (rectangles minus the hole)."""
+    frac = np.zeros((height, width))
+    for x0, y0, x1, y1 in RECTS_UM:
+        frac += np.outer(_coverage_1d(height, mpp, y0, y1), _coverage_1d(width, mpp, x0, x1))
+    x0, y0, x1, y1 = HOLE_UM
+    frac -= np.outer(_coverage_1d(height, mpp, y0, y1), _coverage_1d(width, mpp, x0, x1))
+    return frac
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.count_nonzero(a | b)
+    return np.count_nonzero(a & b) / union if union else 1.0
+
+
+@pytest.fixture(scope="module")
+def rect_tiff(tmp_path_factory) -> Path:
+    """Tiled pyramidal JPEG TIFF of the rectangle scene: 1600 x 1200 px at 1 µm/px, 3 levels (1, 2, 4 µm/px)."""
+    path = tmp_path_factory.mktemp("rect") / "rects.tif"
+    return write_pyramid_tiff(path, rect_scene(1.0), mpp=1.0, tile=128, levels=3, compression="jpeg")
+
+
+# ---------------------------------------------------------------------------
+# multi-Otsu
+# ---------------------------------------------------------------------------
+
+
+def _criterion(hist: np.ndarray, thresholds) -> float:
+    """Between-class variance up to constants: sum over classes of S_k^2 / P_k."""
+    edges = [-1, *thresholds, len(hist) - 1]
+    v = 0.0
+    for k in range(len(edges) - 1):
+        idx = np.arange(edges[k] + 1, edges[k + 1] + 1)
+        w = hist[idx].sum()
+        if w > 0:
+            v += (hist[idx] * idx).sum() ** 2 / w
+    return v
+
+
+def _brute_force(hist: np.ndarray, classes: int) -> tuple[int, ...]:
+    return max(itertools.combinations(range(len(hist) - 1), classes - 1), key=lambda t: _criterion(hist, t))
+
+
+def test_multi_otsu_equals_brute_force_on_random_histograms():
+    rng = np.random.default_rng(1)
+    for _ in range(100):
+        n = int(rng.integers(4, 24))
+        hist = rng.random(n) * 1000  # continuous counts: no ties
+        for classes in (2, 3, 4) if n <= 14 else (2, 3):
+            got = multi_otsu_thresholds(hist, classes)
+            assert got == _brute_force(hist, classes)
+
+
+def test_multi_otsu_all_pairs_64_bins():
+    """3 classes on a 64-bin bimodal-plus-tail histogram: exhaustive search over all 1953 pairs."""
+    x = np.arange(64)
+    hist = 500 * np.exp(-((x - 12) ** 2) / 18) + 300 * np.exp(-((x - 35) ** 2) / 30) + 900 * np.exp(-((x - 58) ** 2) / 4)
+    hist = np.round(hist) + 1
+    best = max(((a, b) for a in range(63) for b in range(a + 1, 63)), key=lambda t: _criterion(hist, t))
+    assert multi_otsu_thresholds(hist, 3) == best
+    assert 12 < best[0] < 35 < best[1] < 58
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 50), min_size=4, max_size=14), st.integers(2, 3))
+def test_multi_otsu_criterion_is_optimal(counts, classes):
+    """Integer histograms (ties, empty bins): the result reaches the brute-force optimum."""
+    hist = np.asarray(counts, float)
+    if np.count_nonzero(hist) == 0:
+        return
+    got = multi_otsu_thresholds(hist, classes)
+    assert len(got) == classes - 1 and list(got) == sorted(set(got))
+    assert _criterion(hist, got) == pytest.approx(_criterion(hist, _brute_force(hist, classes)), rel=1e-12)
+
+
+def test_multi_otsu_threshold_in_middle_of_empty_gap():
+    hist = np.zeros(256)
+    hist[100:110] = 5
+    hist[200:210] = 5
+    # any threshold in 109..199 separates the two blocks; the canonical one is the middle
+    assert multi_otsu_thresholds(hist, 2) == (154,)
+
+
+def test_multi_otsu_rejects_bad_input():
+    with pytest.raises(ValueError):
+        multi_otsu_thresholds(np.ones(10), 1)
+    with pytest.raises(ValueError):
+        multi_otsu_thresholds(np.ones(2), 3)
+    with pytest.raises(ValueError):
+        multi_otsu_thresholds(-np.ones(10), 2)
+
+
+# ---------------------------------------------------------------------------
+# geometry and resampling
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mpp", [4.0, 8.0, 5.0, 12.5, 3.0, 20.0])
+@pytest.mark.parametrize("method", ["otsu", "saturation"])
+def test_rectangles_match_known_geometry(rect_tiff, mpp, method):
+    res = tissue_mask_with_info(rect_tiff, mpp, method)
+    want_h, want_w = math.ceil(1200 / mpp), math.ceil(1600 / mpp)
+    assert res.mask.shape == (want_h, want_w)
+    assert res.mask.dtype == np.uint8 and set(np.unique(res.mask)) <= {0, 255}
+    truth = truth_fraction(want_w, want_h, mpp) >= 0.5
+    # at 20 µm/px a fifth of the tissue pixels are boundary pixels, and the
+    # saturation of a tissue/glass mix is below the mix of the saturations
+    assert iou(res.mask == 255, truth) > (0.95 if mpp <= 12.5 else 0.92), (mpp, method, iou(res.mask == 255, truth))
+    # the level read: the coarsest of 1, 2, 4 µm/px not coarser than the mask (10 % slack)
+    assert res.level == max(k for k, m in enumerate([1.0, 2.0, 4.0]) if m <= mpp * 1.1)
+
+
+@pytest.mark.parametrize("f", [1.0, 0.93, 1.0025, 1.3, 1.5, 2.0, 2.5, 3.125, 5.0, 0.6])
+@pytest.mark.parametrize("axis", [0, 1])
+def test_resampling_is_area_average_and_aligned(f, axis):
+    """A ramp of 4 grey levels per level pixel: the mask grey is the area average over [j f, (j+1) f).
+
+    The mean error is the alignment (a half-pixel shift would be 2 f grey levels).
+    """
+    n = 60
+    ramp = (4 * np.arange(n) + 10).astype(np.uint8)  # 10 .. 246
+    line = ramp[:, None] if axis == 0 else ramp[None, :]
+    img = np.broadcast_to(line, (n, n) if axis == 0 else (n, n)).astype(np.uint8)
+    img = np.repeat(img[..., None], 3, axis=2)  # grey: luma == value
+    slide = ArraySlide([img], mpp=1.0)
+    mpp = f * 1.0
+    out_h, out_w = mask_shape(slide, mpp)
+    plan_x = tissue_mod._AxisPlan.make(n, out_w, f)
+    plan_y = tissue_mod._AxisPlan.make(n, out_h, f)
+    grey, _ = tissue_mod._resample_level(slide, 0, plan_x, plan_y, "luma", {})
+    assert grey.shape == (out_h, out_w) == (math.ceil(n / f - 1e-6),) * 2
+    # exact area average, 1000 samples per level pixel, white (255) past the slide
+    sub = 1000
+    fine = np.concatenate([np.repeat(ramp.astype(float), sub), np.full(4 * sub, 255.0)])
+    j = np.arange(grey.shape[axis])
+    want = np.array([fine[round(a * sub) : round(b * sub)].mean() for a, b in zip(j * f, (j + 1) * f)])
+    got = grey[:, 0] if axis == 0 else grey[0, :]
+    inner = slice(1, -2)  # interior pixels (the ends mix in white / the slide edge)
+    err = got[inner].astype(float) - want[inner]
+    assert abs(err.mean()) < 0.8, err.mean()  # < 0.2 level px (values are rounded per step)
+    assert np.abs(err).max() < 2.6, np.abs(err).max()
+
+
+def test_anisotropic_pixels_give_square_mask_pixels():
+    img = np.full((200, 300, 3), 240, np.uint8)
+    img[50:150, 100:200] = TISSUE_RGB  # 100 x 100 px = 50 µm wide, 100 µm high
+    slide = ArraySlide([img], mpp=(0.5, 1.0))
+    mask = tissue_mask(slide, 5.0, closing_um=0, opening_um=0)
+    assert mask.shape == (40, 30)  # 200 µm high, 150 µm wide at 5 µm/px
+    ys, xs = np.nonzero(mask)
+    assert (ys.min(), ys.max(), xs.min(), xs.max()) == (10, 29, 10, 19)
+
+
+def test_strips_give_the_same_mask(rect_tiff, monkeypatch):
+    whole = tissue_mask(rect_tiff, 3.0)
+    monkeypatch.setattr(tissue_mod, "_MAX_STRIP_PIXELS", 50_000)
+    reads = []
+    orig = TiffSlide.read_regions_into
+
+    def spy(self, level, xs, ys, width, height, out, threads=1):
+        reads.append((level, int(np.asarray(ys)[0]), height))
+        return orig(self, level, xs, ys, width, height, out, threads)
+
+    monkeypatch.setattr(TiffSlide, "read_regions_into", spy)
+    np.testing.assert_array_equal(tissue_mask(rect_tiff, 3.0), whole)
+    assert len(reads) > 5 and {lv for lv, _, _ in reads} == {1}
+    # the strips cover the level
+    assert reads[0][1] == 0 and reads[-1][1] + reads[-1][2] == 600
+
+
+# ---------------------------------------------------------------------------
+# level choice (spy on the reads)
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("mpp", "level"), [(32.0, 2), (40.0, 2), (16.0, 1), (8.5, 1), (4.0, 0), (1.5, 0)])
+def test_reads_only_the_level_nearest_not_coarser(mpp, level):
+    img = rect_scene(2.0)[:576, :768]  # 2 µm/px
+    levels = [img, img[::4, ::4].copy(), img[::16, ::16].copy()]  # 2, 8, 32 µm/px
+    slide = ArraySlide(levels, mpp=2.0)
+    res = tissue_mask_with_info(slide, mpp)
+    assert res.level == level
+    assert slide.reads and {r[0] for r in slide.reads} == {level}
+
+
+def test_real_tiff_never_reads_level_0_when_a_coarser_level_fits(rect_tiff, monkeypatch):
+    calls = []
+    orig = TiffSlide.read_regions_into
+
+    def spy(self, level, *args, **kwargs):
+        calls.append(level)
+        return orig(self, level, *args, **kwargs)
+
+    monkeypatch.setattr(TiffSlide, "read_regions_into", spy)
+    for method in ("otsu", "saturation"):
+        tissue_mask(rect_tiff, 8.0, method)
+    assert calls and set(calls) == {2}
+
+
+# ---------------------------------------------------------------------------
+# guards: blank and all-tissue slides
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["otsu", "saturation"])
+@pytest.mark.parametrize("noise", [0.0, 3.0, 8.0])
+def test_blank_glass_gives_empty_mask(method, noise):
+    rng = np.random.default_rng(5)
+    img = np.clip(rng.normal(238, noise, (400, 500, 1)) + rng.normal(0, noise / 3, (400, 500, 3)), 0, 255)
+    slide = ArraySlide([img.astype(np.uint8)], mpp=1.0)
+    res = tissue_mask_with_info(slide, 8.0, method)
+    assert res.mask.shape == (50, 63)
+    assert not res.mask.any(), res.stats
+    assert res.stats["fallback"]
+
+
+@pytest.mark.parametrize("method", ["otsu", "saturation"])
+def test_synthetic_blank_and_all_tissue_slides(tmp_path, method):
+    from mask_first.synthetic import write_synthetic_slide
+
+    blank = write_synthetic_slide(tmp_path / "blank.tiff", 1024, 768, mpp=1.0, kind="blank", seed=3)
+    full = write_synthetic_slide(tmp_path / "tissue.tiff", 1024, 768, mpp=1.0, kind="tissue", seed=3)
+    assert not tissue_mask(blank, 8.0, method).any()
+    m = tissue_mask(full, 8.0, method)
+    assert m.shape == (96, 128)
+    assert np.count_nonzero(m) / m.size > 0.99
+
+
+# ---------------------------------------------------------------------------
+# pen marks
+# ---------------------------------------------------------------------------
+
+
+def _pen_scene() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """1 µm/px scene: tissue block, blue/green/black strokes on glass. Returns (rgb, tissue, pen) at 1 µm/px."""
+    rng = np.random.default_rng(2)
+    h, w = 800, 1200
+    img = np.empty((h, w, 3), np.float32)
+    img[...] = GLASS
+    tissue = np.zeros((h, w), bool)
+    tissue[96:496, 96:600] = True  # edges on the 8 µm grid
+    img[tissue] = np.asarray(TISSUE_RGB, np.float32) + rng.normal(0, 12, (np.count_nonzero(tissue), 1))
+    pen = np.zeros((h, w), bool)
+    for (y0, y1), rgb in zip([(560, 620), (660, 720), (740, 780)], [(45, 85, 185), (50, 150, 95), (30, 30, 35)]):
+        pen[y0:y1, 80:1150] = True
+        img[y0:y1, 80:1150] = rgb
+    pen[100:700, 800:860] = True  # a vertical blue stroke
+    img[100:700, 800:860] = (60, 90, 190)
+    img += rng.normal(0, 3, img.shape).astype(np.float32)
+    return np.clip(img, 0, 255).round().astype(np.uint8), tissue, pen
+
+
+def test_pen_ink_rejected_by_saturation_not_by_otsu():
+    img, tissue, pen = _pen_scene()
+    slide = ArraySlide(box_pyramid(img, 3), mpp=1.0)
+    sat = tissue_mask_with_info(slide, 8.0, "saturation")
+    otsu = tissue_mask(slide, 8.0, "otsu")
+    t8 = tissue.reshape(100, 8, 150, 8).mean(axis=(1, 3)) >= 0.5
+    p8 = pen.reshape(100, 8, 150, 8).mean(axis=(1, 3)) >= 0.5
+    assert np.count_nonzero((sat.mask == 255) & p8) <= 0.02 * np.count_nonzero(p8)
+    assert np.count_nonzero((otsu == 255) & p8) >= 0.9 * np.count_nonzero(p8)  # otsu sees ink as tissue
+    assert iou(sat.mask == 255, t8) > 0.95
+    assert sat.stats["pen_fraction"] > 0.05
+    # without pen rejection the coloured strokes come back
+    no_reject = tissue_mask(slide, 8.0, "saturation", reject_pen=False)
+    assert np.count_nonzero((no_reject == 255) & p8) > 0.5 * np.count_nonzero(p8)
+
+
+@pytest.mark.parametrize("hues", [(70.0, 235.0), (90.0, 200.0), (150.0, 260.0), (60.0, 300.0)])
+def test_saturation_and_pen_features_match_float_hsv(hues):
+    """Integer saturation/pen rules against a plain float HSV computation on random colours."""
+    rng = np.random.default_rng(7)
+    rgb = rng.integers(0, 256, (300, 400, 3)).astype(np.uint8)
+    rgb[:20] = rng.integers(0, 4, (20, 400, 1)) + rng.integers(0, 256, (20, 1, 1))  # near-grey rows
+    p = {**default_params("saturation"), "pen_hue_deg": hues}
+    sat, pen_rows = tissue_mod._saturation_features(rgb, p)
+    x = rgb.astype(float)
+    mx, mn = x.max(2), x.min(2)
+    d = mx - mn
+    s_ref = np.where(mx > 0, np.rint(255 * d / np.maximum(mx, 1)), 0)
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    dd = np.maximum(d, 1)
+    hue = np.where(mx == r, 60 * np.mod((g - b) / dd, 6), np.where(mx == g, 60 * ((b - r) / dd + 2), 60 * ((r - g) / dd + 4)))
+    lo, hi = hues
+    coloured = (hue >= lo) & (hue <= hi) & (s_ref >= math.ceil(0.2 * 255)) & (d > 0)
+    pen = (mx < 50) | coloured
+    tie = (np.abs(hue - lo) < 1e-9) | (np.abs(hue - hi) < 1e-9)  # exact ties: either way is fine
+    want = np.where(pen, 0, s_ref)
+    ok = (sat == want) | tie
+    assert ok.all(), np.argwhere(~ok)[:5]
+    assert abs(int(pen_rows.sum()) - int(np.count_nonzero(pen))) <= int(np.count_nonzero(tie))
+
+
+def test_synthetic_he_slide_with_pen(tmp_path):
+    from mask_first.synthetic import synthetic_pen_mask, synthetic_tissue_mask, write_synthetic_slide
+
+    w, h, seed = 2048, 1536, 3
+    path = write_synthetic_slide(tmp_path / "he.tiff", w, h, mpp=1.0, seed=seed, kind="he", pen_mark=True, workers=2)
+    truth = synthetic_tissue_mask(w, h, downsample=8, seed=seed)
+    pen = synthetic_pen_mask(w, h, downsample=8, seed=seed, pen_mark=True)
+    pen_on_glass = pen & ~truth
+    assert np.count_nonzero(pen_on_glass) > 100
+    sat = tissue_mask_with_info(path, 8.0, "saturation")
+    otsu = tissue_mask_with_info(path, 8.0, "otsu")
+    assert sat.mask.shape == otsu.mask.shape == truth.shape == (192, 256)
+    assert sat.level == otsu.level == 3  # 8 µm/px
+    assert np.count_nonzero((sat.mask == 255) & pen_on_glass) <= 0.05 * np.count_nonzero(pen_on_glass)
+    assert np.count_nonzero((otsu.mask == 255) & pen_on_glass) >= 0.8 * np.count_nonzero(pen_on_glass)
+    assert iou(sat.mask == 255, truth) > 0.93
+    assert iou(otsu.mask == 255, truth | pen) > 0.9
+
+
+# ---------------------------------------------------------------------------
+# post-processing
+# ---------------------------------------------------------------------------
+
+
+def _ref_dilate(m: np.ndarray, offsets) -> np.ndarray:
+    h, w = m.shape
+    out = np.zeros_like(m)
+    for dy, dx in offsets:  # out(y, x) |= m(y + dy, x + dx), outside = False
+        src = np.zeros_like(m)
+        src[max(0, -dy) : min(h, h - dy), max(0, -dx) : min(w, w - dx)] = m[
+            max(0, dy) : min(h, h + dy), max(0, dx) : min(w, w + dx)
+        ]
+        out |= src
+    return out
+
+
+def _ref_disk(r: float):
+    R = int(math.floor(r))
+    return [(dy, dx) for dy in range(-R, R + 1) for dx in range(-R, R + 1) if dx * dx + dy * dy <= r * r + 1e-9]
+
+
+@pytest.mark.parametrize("shape", [(37, 70), (64, 64), (50, 129), (1, 5)])
+@pytest.mark.parametrize(("close_r", "open_r"), [(0, 0), (1, 0), (2, 1), (1.5, 2.5), (3, 1), (0, 4)])
+def test_closing_opening_match_reference(shape, close_r, open_r):
+    rng = np.random.default_rng(hash((shape, close_r, open_r)) % 2**32)
+    m = rng.random(shape) > 0.55
+    ref = m.copy()
+    dc, do = _ref_disk(close_r), _ref_disk(open_r)
+    if dc:  # outside adds nothing to a dilation and removes nothing in an erosion
+        ref = ~_ref_dilate(~_ref_dilate(ref, dc), dc)
+    if do:
+        ref = _ref_dilate(~_ref_dilate(~ref, do), do)
+    got = tissue_mod._close_open(m, close_r, open_r)
+    np.testing.assert_array_equal(got, np.where(ref, 255, 0).astype(np.uint8))
+
+
+def test_small_objects_removed_and_enclosed_holes_filled():
+    img = np.full((400, 400, 3), 240, np.uint8)
+    img[40:360, 40:200] = TISSUE_RGB  # big block ...
+    img[100:140, 100:140] = 240  # ... with a 40 x 40 µm hole (25 mask px)
+    img[300:320, 300:320] = TISSUE_RGB  # a 20 x 20 µm speck (6.25 mask px)
+    img[0:40, 250:400] = 240  # glass touching the border stays glass
+    slide = ArraySlide([img], mpp=1.0)
+    plain = tissue_mask(slide, 8.0, opening_um=0, closing_um=0)
+    assert plain[15, 15] == 0 and plain[38, 38] == 255  # hole and speck present
+    cleaned = tissue_mask(slide, 8.0, opening_um=0, closing_um=0, min_object_um2=1000, min_hole_um2=2000)
+    assert cleaned[12:18, 12:18].all()  # hole (pixels 12.5 .. 17.5) filled
+    assert not cleaned[36:41, 36:41].any()  # speck (pixels 37.5 .. 40) removed
+    changed = np.argwhere(cleaned != plain)
+    inside_hole = (changed >= 12).all(1) & (changed < 18).all(1)
+    inside_speck = (changed >= 37).all(1) & (changed < 40).all(1)
+    assert (inside_hole | inside_speck).all()  # nothing else changed
+    assert not cleaned[:5, 32:].any()  # glass touching the border is not a hole
+
+
+# ---------------------------------------------------------------------------
+# API, parameters, provenance
+# ---------------------------------------------------------------------------
+
+
+def test_parameters_are_validated(rect_tiff):
+    with pytest.raises(ValueError, match="unknown tissue mask method"):
+        tissue_mask(rect_tiff, 8.0, "kmeans")
+    with pytest.raises(TypeError, match="closing_radius"):
+        tissue_mask(rect_tiff, 8.0, closing_radius=3)
+    with pytest.raises(TypeError, match="reject_pen"):
+        tissue_mask(rect_tiff, 8.0, "otsu", reject_pen=True)  # a saturation-only parameter
+    with pytest.raises(ValueError, match="mpp"):
+        tissue_mask(rect_tiff, 0.0)
+    with pytest.raises(ValueError, match="pen_hue_deg"):
+        tissue_mask(rect_tiff, 8.0, "saturation", pen_hue_deg=(0, 120))
+    with pytest.raises(ValueError, match="closing_um"):
+        tissue_mask(rect_tiff, 8.0, closing_um=-1)
+    with open_slide(rect_tiff) as slide, pytest.raises(ValueError, match="mpp_override"):
+        tissue_mask(slide, 8.0, mpp_override=0.5)
+
+
+def test_slide_or_path_and_provenance(rect_tiff):
+    with open_slide(rect_tiff) as slide:
+        a = tissue_mask_with_info(slide, 8.0, "saturation", opening_um=0)
+    b = tissue_mask_with_info(str(rect_tiff), 8.0, "saturation", opening_um=0)
+    np.testing.assert_array_equal(a.mask, b.mask)
+    prov = json.loads(json.dumps(b.provenance()))
+    assert prov["method"] == "saturation" and prov["mpp"] == 8.0 and prov["level"] == 2
+    assert prov["params"] == {**default_params("saturation"), "opening_um": 0, "pen_hue_deg": [70.0, 235.0]}
+    assert prov["level_mpp"] == [4.0, 4.0] and prov["slide_mpp"] == [1.0, 1.0]
+    assert prov["mask_shape"] == [150, 200] and prov["slide"] == "rects.tif"
+    assert prov["slide_path"] == str(rect_tiff)
+    assert 0.2 < prov["tissue_fraction"] < 0.6 and "threshold" in prov["stats"]
+
+
+def test_path_needs_mpp_override_when_metadata_lacks_it(tmp_path):
+    p = write_pyramid_tiff(tmp_path / "nompp.tif", rect_scene(2.0), mpp=None, tile=64, levels=2, compression="zlib")
+    with pytest.raises(SlideError, match="mpp"):
+        tissue_mask(p, 8.0)
+    assert tissue_mask(p, 8.0, mpp_override=2.0).shape == (150, 200)
+
+
+# ---------------------------------------------------------------------------
+# real slides
+# ---------------------------------------------------------------------------
+
+
+def test_cmu_small_region_both_methods(shared_slides):
+    path = shared_slides / "CMU-1-Small-Region.svs"
+    otsu = tissue_mask_with_info(path, 8.0, "otsu")
+    sat = tissue_mask_with_info(path, 8.0, "saturation")
+    assert otsu.mask.shape == sat.mask.shape == (186, 139)  # 2967 x 2220 px at 0.499 µm/px
+    for res in (otsu, sat):
+        assert 0.2 < res.tissue_fraction < 0.6, res.tissue_fraction
+        assert not res.stats["fallback"]
+    assert np.mean(otsu.mask == sat.mask) > 0.9
+
+
+def test_real_pyramids_read_their_coarse_level(shared_slides, monkeypatch):
+    calls = []
+    orig = TiffSlide.read_regions_into
+
+    def spy(self, level, *args, **kwargs):
+        calls.append((self.path.name, level))
+        return orig(self, level, *args, **kwargs)
+
+    monkeypatch.setattr(TiffSlide, "read_regions_into", spy)
+    g = tissue_mask_with_info(shared_slides / "CMU-1-Small-Region_generic-pyramid_jpeg.tif", 8.0)
+    o = tissue_mask_with_info(shared_slides / "CMU-1-Small-Region.ome.tif", 8.0)
+    assert (g.level, o.level) == (4, 3)
+    assert {lv for _, lv in calls} == {3, 4}
+    assert g.mask.shape == o.mask.shape == (186, 139)
+    assert np.mean(g.mask == o.mask) > 0.95
+
+
+def test_real_slides_with_mpp_override(shared_slides):
+    kidney = tissue_mask_with_info(
+        shared_slides / "kidney-48-5.tif", 8.0, mpp_override=MPP_OVERRIDES["kidney-48-5.tif"]
+    )
+    assert kidney.mask.shape == (57, 94)
+    assert 0 < kidney.tissue_fraction < 0.05  # one small fragment on an almost empty slide
+    with pytest.raises(SlideError, match="mpp"):
+        tissue_mask(shared_slides / "tcga-cr-7395-01a-01-ts1.svs", 8.0)
+    tcga = tissue_mask_with_info(shared_slides / "tcga-cr-7395-01a-01-ts1.svs", 8.0, mpp_override=0.25)
+    assert tcga.level == 1 and tcga.mask.shape == (112, 139)
+    assert 0.3 < tcga.tissue_fraction < 0.9

@@ -241,9 +241,11 @@ def test_anisotropic_pixels_give_square_mask_pixels():
     assert (ys.min(), ys.max(), xs.min(), xs.max()) == (10, 29, 10, 19)
 
 
-def test_strips_give_the_same_mask(rect_tiff, monkeypatch):
-    whole = tissue_mask(rect_tiff, 3.0)
-    monkeypatch.setattr(tissue_mod, "_MAX_STRIP_PIXELS", 50_000)
+@pytest.mark.parametrize("method", ["otsu", "saturation"])
+def test_strips_give_the_same_mask(rect_tiff, monkeypatch, method):
+    whole = tissue_mask_with_info(rect_tiff, 3.0, method)
+    monkeypatch.setattr(tissue_mod, "_PIPELINE_PIXELS", 50_000)
+    monkeypatch.setattr(tissue_mod, "_STRIP_PIXELS", 50_000)
     reads = []
     orig = TiffSlide.read_regions_into
 
@@ -252,7 +254,9 @@ def test_strips_give_the_same_mask(rect_tiff, monkeypatch):
         return orig(self, level, xs, ys, width, height, out, threads)
 
     monkeypatch.setattr(TiffSlide, "read_regions_into", spy)
-    np.testing.assert_array_equal(tissue_mask(rect_tiff, 3.0), whole)
+    strips = tissue_mask_with_info(rect_tiff, 3.0, method)
+    np.testing.assert_array_equal(strips.mask, whole.mask)
+    assert strips.stats == whole.stats
     assert len(reads) > 5 and {lv for lv, _, _ in reads} == {1}
     # the strips cover the level
     assert reads[0][1] == 0 and reads[-1][1] + reads[-1][2] == 600

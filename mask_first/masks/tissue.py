@@ -40,8 +40,9 @@ ramps and rectangle edges for several ``f``). The only approximation is that
 the step-1 blocks need not end on mask pixel boundaries; a partly covered
 block then contributes its mean in proportion to the covered part, which
 moves centroids by well under 0.1 mask pixel. ``f == 1`` is a plain copy.
-Levels over 32 M pixels are read in strips of whole mask rows (bounded
-memory; the result is identical).
+Levels over 4 M pixels are read in strips of whole mask rows, the next strip
+decoded on a second thread while the current one is processed (bounded
+memory, decoding overlapped with computing; the result is identical).
 
 The feature that is thresholded (grey level or saturation) is computed
 between the two steps, from the block-mean RGB (per level pixel when
@@ -160,9 +161,12 @@ _METHOD_PARAMS: dict[str, dict[str, Any]] = {
 
 METHODS = tuple(_METHOD_PARAMS)
 
-#: level pixels read at once; bigger levels are read in strips of mask rows
-_MAX_STRIP_PIXELS = 1 << 25
+#: levels with more pixels are read in strips of about _STRIP_PIXELS pixels,
+#: the next strip decoded on a second thread while one is processed
+_PIPELINE_PIXELS = 1 << 22
+_STRIP_PIXELS = 1 << 21
 _ROW_BLOCK = 64
+#: threads used to process a level read in one piece
 _THREADS = 2
 
 
@@ -603,69 +607,79 @@ def _apply_taps(
 def _resample_level(
     slide: Slide, level: int, plan_x: _AxisPlan, plan_y: _AxisPlan, feature: str, params: dict[str, Any]
 ) -> tuple[np.ndarray, int]:
-    """Area-average a feature of ``level`` onto the mask grid -> (n_out_y, n_out_x) uint8.
+    """Area-average a feature of ``level`` onto the mask grid -> ((n_out_y, n_out_x) uint8, pen pixels).
 
     ``feature`` is ``"luma"`` (grey level) or ``"saturation"`` (HSV saturation
-    with pen ink zeroed, see :func:`_saturation_features`). Returns also the
-    number of intermediate pixels flagged as pen (0 for luma).
+    with pen ink zeroed, see :func:`_saturation_features`); the pen count is 0
+    for luma.
 
-    Reads the whole level at once when it has at most ``_MAX_STRIP_PIXELS``
-    pixels, otherwise strips of whole mask rows (bounded memory).
+    A level of at most ``_PIPELINE_PIXELS`` pixels is read at once
+    (``read_level``) and processed by ``_THREADS`` threads over halves of its
+    rows. A bigger level is read in strips of whole mask rows of about
+    ``_STRIP_PIXELS`` level pixels (``read_region``): the next strip is decoded
+    on a second thread while this one is processed, and memory stays bounded.
+    The result does not depend on the strips or threads.
     """
     lv = slide.levels[level]
     width, height = lv.width, lv.height
     out = np.empty((plan_y.n_out, plan_x.n_out), np.uint8)
     kx, ky = plan_x.k, plan_y.k
+    n_out = plan_y.n_out
+    if width * height <= _PIPELINE_PIXELS:
+        bounds = [0, n_out]
+    else:
+        rows_per_strip = max(1, int(_STRIP_PIXELS // max(1.0, width * plan_y.f)))
+        bounds = [*range(0, n_out, rows_per_strip), n_out]
+    strips = list(zip(bounds[:-1], bounds[1:]))
+
+    def read(i0: int, i1: int) -> np.ndarray:
+        m0, m1 = plan_y.needed(i0, i1)
+        y0, y1 = m0 * ky, min(m1 * ky, height)
+        if y0 == 0 and y1 == height:
+            rgb = slide.read_level(level)
+        else:
+            rgb = slide.read_region(level, 0, y0, width, y1 - y0)
+        if kx == 1 and ky == 1:
+            return rgb
+        return _box_shrink_rgb(rgb, kx, ky, plan_x.n_int, m1 - m0)
+
+    def work(inter: np.ndarray, m0: int, a: int, b: int, own_end: int) -> int:
+        """Feature + taps for mask rows [a, b); returns the pen pixels in intermediate rows < own_end."""
+        ma, mb = plan_y.needed(a, b)
+        chunk = inter[ma - m0 : mb - m0]
+        if feature == "luma":
+            feat, n_pen = _luma(chunk), 0
+        else:
+            feat, pen_rows = _saturation_features(chunk, params)
+            n_pen = int(pen_rows[: max(0, min(mb, own_end) - ma)].sum())
+        _apply_taps(feat, ma, plan_y, plan_x, a, b, out[a:b])
+        return n_pen
+
     pen_count = 0
-    rows_per_strip = plan_y.n_out
-    if width * height > _MAX_STRIP_PIXELS:
-        # mask rows per strip so that a strip reads about _MAX_STRIP_PIXELS level pixels
-        rows_per_strip = max(1, int(_MAX_STRIP_PIXELS // max(1.0, width * plan_y.f)))
-    threads = _THREADS if out.size >= (1 << 20) else 1
-    pool = ThreadPoolExecutor(threads) if threads > 1 else None
-    try:
-        for i0 in range(0, plan_y.n_out, rows_per_strip):
-            i1 = min(i0 + rows_per_strip, plan_y.n_out)
-            m0, m1 = plan_y.needed(i0, i1)
-            y0, y1 = m0 * ky, min(m1 * ky, height)
-            if y0 == 0 and y1 == height:
-                rgb = slide.read_level(level)
-            else:
-                rgb = slide.read_region(level, 0, y0, width, y1 - y0)
-            if kx == 1 and ky == 1:
-                inter = rgb
-            else:
-                inter = _box_shrink_rgb(rgb, kx, ky, plan_x.n_int, m1 - m0)
-            del rgb
-
-            def work(a: int, b: int, own_end: int, inter=inter, m0=m0) -> int:
-                """Feature + taps for mask rows [a, b); returns pen pixels in rows < own_end."""
-                ma, mb = plan_y.needed(a, b)
-                chunk = inter[ma - m0 : mb - m0]
-                if feature == "luma":
-                    feat, n_pen = _luma(chunk), 0
-                else:
-                    feat, pen_rows = _saturation_features(chunk, params)
-                    n_pen = int(pen_rows[: max(0, min(mb, own_end) - ma)].sum())
-                _apply_taps(feat, ma, plan_y, plan_x, a, b, out[a:b])
-                return n_pen
-
-            # intermediate rows from strip_end on are counted (for pen_fraction) by the next strip
-            strip_end = plan_y.needed(i1, min(i1 + rows_per_strip, plan_y.n_out))[0] if i1 < plan_y.n_out else m1
-            if pool is None:
-                pen_count += work(i0, i1, strip_end)
-            else:
-                # two threads over halves of the strip's mask rows (numpy releases the GIL);
-                # the few intermediate rows both halves need are computed twice
-                mid = i0 + (i1 - i0 + 1) // 2
-                split = plan_y.needed(mid, i1)[0] if mid < i1 else strip_end
-                futures = [pool.submit(work, i0, mid, split)]
-                if mid < i1:
-                    futures.append(pool.submit(work, mid, i1, strip_end))
-                pen_count += sum(f.result() for f in futures)
-    finally:
-        if pool is not None:
-            pool.shutdown()
+    if len(strips) == 1:
+        inter = read(0, n_out)
+        m0, m1 = plan_y.needed(0, n_out)
+        if _THREADS > 1 and out.size >= (1 << 20):
+            # two threads over halves of the rows (numpy releases the GIL); the
+            # few intermediate rows both halves need are computed twice
+            mid = (n_out + 1) // 2
+            split = plan_y.needed(mid, n_out)[0]
+            with ThreadPoolExecutor(2) as pool:
+                futures = [pool.submit(work, inter, m0, 0, mid, split), pool.submit(work, inter, m0, mid, n_out, m1)]
+                pen_count = sum(f.result() for f in futures)
+        else:
+            pen_count = work(inter, m0, 0, n_out, m1)
+        return out, pen_count
+    with ThreadPoolExecutor(1) as reader:
+        pending = reader.submit(read, *strips[0])
+        for k, (i0, i1) in enumerate(strips):
+            inter = pending.result()
+            if k + 1 < len(strips):
+                pending = reader.submit(read, *strips[k + 1])  # decode ahead
+            # intermediate rows from the next strip's first one on are counted there
+            own_end = plan_y.needed(*strips[k + 1])[0] if k + 1 < len(strips) else plan_y.n_int
+            pen_count += work(inter, plan_y.needed(i0, i1)[0], i0, i1, own_end)
+            del inter
     return out, pen_count
 
 
@@ -864,20 +878,24 @@ def _saturation_features(rgb: np.ndarray, p: dict[str, Any]) -> tuple[np.ndarray
         sat = _SAT_LUT[idx]
         if reject:
             pen = mx < black
-            d16 = d.astype(u16)
-            r60, g60, b60 = (c.astype(u16) * u16(60) for c in (r, g, b))
-            gmax = g == mx
-            # green sector: 60 (B - R) >= (lo - 120) d
-            green = (b60 + d16 * u16(120 - lo) >= r60) if lo <= 120 else (b60 >= r60 + d16 * u16(lo - 120))
-            green &= gmax
-            # blue sector: 60 (R - G) <= (hi - 240) d
-            blue = (r60 + d16 * u16(240 - hi) <= g60) if hi <= 240 else (r60 <= g60 + d16 * u16(hi - 240))
-            blue &= b == mx
-            blue &= ~gmax
-            green |= blue
-            green &= sat >= s_min
-            green &= d > 0
-            pen |= green
+            # candidates: saturated enough, and G or B (not R) is the maximum
+            cand = sat >= s_min
+            cand &= r != mx
+            if s_min == 0:
+                cand &= d > 0
+            at = np.flatnonzero(cand)
+            if at.size:
+                r60, g60, b60 = (c.ravel()[at].astype(u16) * u16(60) for c in (r, g, b))
+                d16 = d.ravel()[at].astype(u16)
+                gmax = g.ravel()[at] == mx.ravel()[at]
+                # green sector (G max): hue = 120 + 60 (B - R) / d >= lo
+                green = (b60 + d16 * u16(120 - lo) >= r60) if lo <= 120 else (b60 >= r60 + d16 * u16(lo - 120))
+                green &= gmax
+                # blue sector (B max, G below it): hue = 240 + 60 (R - G) / d <= hi
+                blue = (r60 + d16 * u16(240 - hi) <= g60) if hi <= 240 else (r60 <= g60 + d16 * u16(hi - 240))
+                blue &= ~gmax
+                green |= blue
+                pen.ravel()[at[green]] = True
             sat[pen] = 0
             pen_rows[y : y + n] = np.count_nonzero(pen, axis=1)
         out[y : y + n] = sat

@@ -1,0 +1,40 @@
+"""QC pictures: outline and tile overlay positions against brute force."""
+
+import numpy as np
+import pandas as pd
+
+from mask_first.qc import outline, qc_thumbnail, thumbnail
+from mask_first.slides import open_slide
+
+
+def test_outline_marks_foreground_pixels_with_a_background_4_neighbour():
+    m = np.zeros((7, 7), bool)
+    m[2:5, 2:6] = True
+    got = outline(m)
+    ref = np.zeros_like(m)
+    for i in range(7):
+        for j in range(7):
+            if m[i, j]:
+                nb = [m[i + di, j + dj] for di, dj in ((-1, 0), (1, 0), (0, -1), (0, 1))
+                      if 0 <= i + di < 7 and 0 <= j + dj < 7]
+                ref[i, j] = not all(nb)
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_thumbnail_size_and_resolution(small_tiff):
+    with open_slide(small_tiff) as s:
+        img, mx, my = thumbnail(s, size=175)
+    assert img.shape == (150, 175, 3) and mx == my == 2.0  # level 2 of the 700 x 600 px, 0.5 µm/px slide
+
+
+def test_retained_tiles_are_tinted_exactly_where_they_are(small_tiff):
+    tiles = pd.DataFrame({"x": [0, 200], "y": [0, 100], "tile_extent_x": 100, "tile_extent_y": 100,
+                          "mpp_x": 1.0, "mpp_y": 1.0})
+    with open_slide(small_tiff) as s:
+        base, _, _ = thumbnail(s, size=350)
+        img = qc_thumbnail(s, tiles, size=350)
+    changed = (img != base).any(axis=2)
+    expected = np.zeros(changed.shape, bool)
+    expected[0:100, 0:100] = True  # thumbnail is 1 µm/px: tile pixels map 1:1
+    expected[100:200, 200:300] = True
+    np.testing.assert_array_equal(changed, expected)

@@ -176,22 +176,13 @@ def make_tissue_mask(
 ) -> None:
     """Tissue mask of a slide at ``mpp`` µm/px, written as a pyramidal TIFF overlay."""
     from mask_first.masks.overlay import write_mask_overlay
-    from mask_first.masks.tissue import tissue_mask
+    from mask_first.masks.tissue import tissue_mask_with_info
 
-    params = dict(params or {})
     with open_slide(slide_path, mpp_override) as slide:
-        mask = tissue_mask(slide, mpp, method=method, **params)
-        provenance = {
-            "generator": "mask_first.masks.tissue_mask",
-            "method": method,
-            "params": params,
-            "mask_mpp": mpp,
-            "slide": Path(slide_path).name,
-            "slide_id": slide_id,
-            "slide_mpp": [slide.mpp_x, slide.mpp_y],
-            "slide_level_read": slide.best_level_for_mpp(mpp),
-        }
-    write_mask_overlay(out, mask, mpp, provenance=provenance)
+        result = tissue_mask_with_info(slide, mpp, method=method, **dict(params or {}))
+    # method, filled-in parameters, thresholds found, level read, source slide and mpp
+    provenance = result.provenance() | {"slide_id": slide_id}
+    write_mask_overlay(out, result.mask, mpp, provenance=provenance)
 
 
 def copy_or_import_mask(

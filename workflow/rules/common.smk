@@ -184,3 +184,13 @@ def all_targets():
         if config.get("heatmap", {}).get("enabled", False):
             targets += [f"results/heatmaps/{s}.tiff", f"results/heatmaps/{s}.png"]
     return targets
+
+
+def heatmap_columns():
+    """Prediction columns to assemble; the built-in default follows the filter method."""
+    hm = config.get("heatmap", {})
+    columns = list(hm.get("columns", ["fraction_255"]))
+    own_table = hm.get("predictions", "").startswith("results/retained/")
+    if own_table and not uses_mask() and columns == ["fraction_255"]:
+        return ["pixel_std"]  # the mask-free filter has no mask fractions, only the pixel std
+    return columns

@@ -14,7 +14,7 @@ rule heatmap:
             labels={"slide": "{slide}"},
         ),
     params:
-        columns=config.get("heatmap", {}).get("columns", ["fraction_255"]),
+        columns=heatmap_columns(),
         aggregation=config.get("heatmap", {}).get("aggregation", "mean"),
         storage=config.get("heatmap", {}).get("storage", "memmap"),
         size=config.get("qc", {}).get("size", 1024),

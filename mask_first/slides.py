@@ -176,8 +176,10 @@ class _TiffLevelReader:
     strides, tiles straddling segment borders) need the same segments.
     """
 
-    def __init__(self, page, fd: int, cache_segments: int = 256):
+    def __init__(self, page, fd: int, cache_segments: int = 256, name: str = "", level: int = 0):
         self.page = page
+        self.name = name
+        self.level = level
         self.fd = fd
         self.width = int(page.imagewidth)
         self.height = int(page.imagelength)
@@ -216,7 +218,10 @@ class _TiffLevelReader:
             arr = np.full((self.seg_h, self.seg_w, 3), WHITE, np.uint8)
         else:
             data = os.pread(self.fd, count, int(self.offsets[index]))
-            arr = self._decode(data, index, jpegtables=self._jpegtables)[0]
+            try:
+                arr = self._decode(data, index, jpegtables=self._jpegtables)[0]
+            except Exception as exc:
+                raise self._corrupt(index, exc) from None
             arr = arr.reshape(arr.shape[-3:])
             arr = _to_rgb(arr)
         with self._lock:
@@ -244,7 +249,17 @@ class _TiffLevelReader:
 
         data = os.pread(self.fd, count, int(self.offsets[index]))
         cs, ocs = self._jpeg_colorspaces
-        imagecodecs.jpeg8_decode(data, tables=self._jpegtables, colorspace=cs, outcolorspace=ocs, out=out)
+        try:
+            imagecodecs.jpeg8_decode(data, tables=self._jpegtables, colorspace=cs, outcolorspace=ocs, out=out)
+        except Exception as exc:
+            raise self._corrupt(index, exc) from None
+
+    def _corrupt(self, index: int, exc: Exception) -> "SlideError":
+        j, i = divmod(index, self.n_x)
+        return SlideError(
+            f"{self.name}: corrupt image data in level {self.level} at stored tile "
+            f"(x={i * self.seg_w}, y={j * self.seg_h}): {type(exc).__name__}: {exc}".replace("\n", " ")
+        )
 
     def segments_for(self, x0: int, y0: int, x1: int, y1: int) -> list[int]:
         """Row-major indices of the segments touching the clipped box [x0, x1) x [y0, y1)."""
@@ -345,7 +360,7 @@ class TiffSlide(Slide):
         mx, my = _parse_tiff_mpp(tif, pages[0])
         self.mpp_x, self.mpp_y = _resolve_mpp(self.path, mx, my, mpp_override)
         self._fd = os.open(self.path, os.O_RDONLY)
-        self._readers = [_TiffLevelReader(p, self._fd) for p in pages]
+        self._readers = [_TiffLevelReader(p, self._fd, name=self.path.name, level=k) for k, p in enumerate(pages)]
 
     def read_regions_into(self, level, xs, ys, width, height, out, threads: int = 1) -> None:
         reader = self._readers[level]
@@ -410,7 +425,10 @@ class OpenSlideSlide(Slide):
             # OpenSlide takes the origin in level-0 pixels
             x0 = int(round(x * lv.downsample_x))
             y0 = int(round(y * lv.downsample_y))
-            rgba = np.asarray(self._osr.read_region((x0, y0), level, (width, height)))
+            try:
+                rgba = np.asarray(self._osr.read_region((x0, y0), level, (width, height)))
+            except Exception as exc:  # OpenSlide reports corrupt tiles as OpenSlideError
+                raise SlideError(f"{self.path.name}: cannot read level {level} at ({x}, {y}): {exc}") from None
             out[k] = _to_rgb(rgba)
 
     def close(self) -> None:

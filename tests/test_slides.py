@@ -156,3 +156,22 @@ def test_every_real_slide_works_or_fails_clearly(shared_slides):
                              mpp_override=MPP_OVERRIDES[name])
         row = df.iloc[0]
         assert (row.mpp_x <= 2.0 * 1.1 or row.level == 0) and row.extent_x > 0 and row.tile_extent_x > 0
+
+
+def test_corrupt_tile_data_is_a_one_line_error_naming_file_and_place(tmp_path):
+    import tifffile
+
+    from mask_first.synthetic import write_synthetic_slide
+
+    path = write_synthetic_slide(tmp_path / "corrupt.tiff", 1024, 1024, kind="tissue", seed=1)
+    with tifffile.TiffFile(path) as tf:
+        off, cnt = tf.pages[0].dataoffsets[5], tf.pages[0].databytecounts[5]  # stored tile (256, 256)
+    data = bytearray(path.read_bytes())
+    data[off : off + cnt] = bytes(cnt)
+    path.write_bytes(bytes(data))
+    with open_slide(path) as s:
+        s.read_region(0, 0, 0, 256, 256)  # other tiles still read
+        for x, y, w, h in [(256, 256, 256, 256), (250, 250, 20, 20)]:  # direct and assembled paths
+            with pytest.raises(SlideError, match=r"corrupt.tiff: corrupt image data in level 0 at stored tile \(x=256, y=256\)") as err:
+                s.read_region(0, x, y, w, h)
+            assert "\n" not in str(err.value)

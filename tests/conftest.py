@@ -61,6 +61,18 @@ def small_tiff(tmp_path, textured_image) -> Path:
 
 SNAKEFILE = REPO / "Snakefile"
 
+#: a complete config for fast end-to-end runs: 128-px tiles at 1 µm/px, so one
+#: tile is exactly 16 x 16 mask pixels of 8 µm (brute-force checks stay exact)
+SMALL_CONFIG = {
+    "mask": {"mpp": 8.0, "method": "otsu", "params": {}},
+    "tiling": {"mpp": 1.0, "level": None, "tile_extent": 128, "stride": 128, "last": "keep"},
+    "filter": {"method": "mask", "tissue_threshold": 0.5, "tissue_value": 255, "pixel_std_threshold": 8.0},
+    "pixels": {"enabled": True, "encoding": "raw", "jpeg_quality": 90, "row_group_tiles": 16},
+    "heatmap": {"enabled": True, "predictions": "results/retained/{slide}.parquet", "columns": ["fraction_255"],
+                "aggregation": "mean", "storage": "memmap"},
+    "qc": {"size": 512},
+}
+
 
 def run_workflow(workdir: Path, config: dict, *args: str, check: bool = True, timeout: int = 900):
     """Run the real ``snakemake`` on the repository's Snakefile in ``workdir``.

@@ -10,7 +10,7 @@ import openslide
 import pandas as pd
 import pytest
 
-from conftest import REPO, SHARED_SLIDES, planned_jobs, run_workflow, write_sheet
+from conftest import SHARED_SLIDES, SMALL_CONFIG, planned_jobs, run_workflow, write_sheet
 from mask_first.masks.heatmaps import read_heatmap_tiff
 from mask_first.masks.overlay import read_mask_overlay
 from mask_first.slides import read_slides
@@ -20,15 +20,7 @@ from mask_first.tiling import grid_tiles, load_tile_pixels
 pytestmark = pytest.mark.slow
 
 SYN = dict(width=2048, height=1536, mpp=0.5, seed=5, kind="he", pen_mark=True)
-CONFIG = {
-    "mask": {"mpp": 8.0, "method": "otsu", "params": {}},
-    "tiling": {"mpp": 1.0, "level": None, "tile_extent": 128, "stride": 128, "last": "keep"},
-    "filter": {"method": "mask", "tissue_threshold": 0.5, "tissue_value": 255, "pixel_std_threshold": 8.0},
-    "pixels": {"enabled": True, "encoding": "raw", "jpeg_quality": 90, "row_group_tiles": 16},
-    "heatmap": {"enabled": True, "predictions": "results/retained/{slide}.parquet", "columns": ["fraction_255"],
-                "aggregation": "mean", "storage": "memmap"},
-    "qc": {"size": 512},
-}
+CONFIG = SMALL_CONFIG
 
 
 @pytest.fixture(scope="module")

@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import planned_jobs, run_workflow, write_sheet
+from conftest import SMALL_CONFIG, planned_jobs, run_workflow, write_sheet
 from mask_first.synthetic import write_synthetic_slide
 
 pytestmark = pytest.mark.slow
 
-BASE = {
-    "mask": {"mpp": 8.0, "method": "otsu", "params": {}},
-    "tiling": {"mpp": 1.0, "level": None, "tile_extent": 128, "stride": 128, "last": "keep"},
-    "filter": {"method": "mask", "tissue_threshold": 0.5, "tissue_value": 255, "pixel_std_threshold": 8.0},
-    "pixels": {"enabled": True, "encoding": "raw", "jpeg_quality": 90, "row_group_tiles": 64},
-    "heatmap": {"enabled": True, "predictions": "results/retained/{slide}.parquet", "columns": ["fraction_255"],
-                "aggregation": "mean", "storage": "inmemory"},
-    "qc": {"size": 256},
-}
+BASE = SMALL_CONFIG | {"qc": {"size": 256}}
 DOWNSTREAM_OF_FILTER = {"filter_tiles", "pixels", "qc", "summary", "heatmap", "all"}
 
 

@@ -163,11 +163,12 @@ METHODS = tuple(_METHOD_PARAMS)
 
 #: levels with more pixels are read in strips of about _STRIP_PIXELS pixels,
 #: the next strip decoded on a second thread while one is processed
-_PIPELINE_PIXELS = 1 << 22
-_STRIP_PIXELS = 1 << 21
-_ROW_BLOCK = 64
-#: threads used to process a level read in one piece
-_THREADS = 2
+_PIPELINE_PIXELS = 1 << 20
+_STRIP_PIXELS = 1 << 20
+#: pixels per block of the feature and resampling kernels (buffers stay in cache)
+_BLOCK_PIXELS = 1 << 17
+#: mask pixels per band of the resampling (fewer, larger numpy calls)
+_BAND_PIXELS = 1 << 19
 
 
 def default_params(method: str = "otsu") -> dict[str, Any]:
@@ -391,11 +392,11 @@ def _tissue_mask(slide: Slide, mpp: float, method: str, params: dict[str, Any]) 
     plan_x = _AxisPlan.make(slide.levels[level].width, out_w, mpp / lmx)
     plan_y = _AxisPlan.make(slide.levels[level].height, out_h, mpp / lmy)
     if method == "otsu":
-        grey, _ = _resample_level(slide, level, plan_x, plan_y, "luma", params)
-        tissue, stats = _threshold_grey(grey, params)
+        grey, _, hist = _resample_level_hist(slide, level, plan_x, plan_y, "luma", params)
+        tissue, stats = _threshold_grey(grey, params, hist)
     else:
-        sat, n_pen = _resample_level(slide, level, plan_x, plan_y, "saturation", params)
-        tissue, stats = _threshold_saturation(sat, params)
+        sat, n_pen, hist = _resample_level_hist(slide, level, plan_x, plan_y, "saturation", params)
+        tissue, stats = _threshold_saturation(sat, params, hist)
         stats["pen_fraction"] = round(n_pen / max(1, plan_x.n_int * plan_y.n_int), 6)
     mask = _postprocess(tissue, mpp, params)
     w0, h0 = slide.level_dimensions[0]
@@ -491,25 +492,176 @@ class _AxisPlan:
         return cls(n_level, n_out, f, k, r, n_int, False, base, q.astype(np.uint16), fill.astype(np.uint16), runs)
 
 
+class _FeatureKernel:
+    """The thresholded feature of RGB pixels, in cache-sized blocks with reused buffers.
+
+    ``"luma"``: BT.601 ``(77 R + 150 G + 29 B + 128) >> 8``. ``"saturation"``:
+    HSV saturation ``rint(255 (max - min) / max)`` with pen ink set to 0 (see
+    :func:`_saturation_features` for the rules). Both are exact (integer
+    arithmetic, and a float32 division that is exact to well under the rounding
+    margin), i.e. equal to the float64 definitions.
+
+    The RGB bytes are read once, as a strided little-endian uint32 per pixel
+    (``R | G << 8 | B << 16``, plus the next pixel's first byte); luma is then
+    two multiplies of that word (R and B in separate 16-bit lanes), saturation
+    splits it into colour planes. One instance per thread (the buffers).
+    """
+
+    def __init__(self, feature: str, params: dict[str, Any], block: int | None = None):
+        self.feature = feature
+        n = self.block = int(block or _BLOCK_PIXELS)
+        self.v = np.empty(n, np.uint32)
+        self.t = np.empty(n, np.uint32)
+        self.reject = False
+        if feature == "saturation":
+            self.reject = bool(params["reject_pen"])
+            self.planes = np.empty((3, n), np.uint8)
+            self.mx = np.empty(n, np.uint8)
+            self.d = np.empty(n, np.uint8)
+            self.fd = np.empty(n, np.float32)
+            self.fm = np.empty(n, np.float32)
+            if self.reject:
+                lo, hi = (int(round(float(v))) for v in params["pen_hue_deg"])
+                self.c_green, self.c_blue = 120 - lo, hi - 240
+                self.s_min = int(math.ceil(float(params["pen_min_saturation"]) * 255.0 - 1e-9))
+                self.black = int(params["black_max_value"])
+                self.x8 = np.empty(n, np.uint8)
+                self.sec = np.empty(n, np.uint8)
+                self.z = np.empty(n, np.uint16)
+                self.t16 = np.empty(n, np.uint16)
+                self.ok = np.empty(n, bool)
+                self.cnd = np.empty(n, bool)
+        elif feature != "luma":
+            raise ValueError(f"unknown feature {feature!r}")
+
+    def __call__(self, rgb: np.ndarray, out: np.ndarray, pen_rows: np.ndarray | None = None) -> int:
+        """Feature of (h, w, 3) uint8 RGB into ``out`` ((h, w) uint8, C-contiguous); returns the pen pixels.
+
+        ``pen_rows`` (h,), if given, receives the pen pixels of every row.
+        """
+        h, w = rgb.shape[:2]
+        flat = np.ascontiguousarray(rgb).reshape(-1)
+        dst = out.reshape(-1)
+        total = h * w
+        step = self.block if pen_rows is None else max(1, self.block // max(1, w)) * w
+        pen = 0
+        for p0 in range(0, total, step):
+            n = min(step, total - p0)
+            counts = None
+            if pen_rows is not None:
+                counts = pen_rows[p0 // w : (p0 + n) // w]
+            pen += self._block(flat, p0, n, dst[p0 : p0 + n], counts, w)
+        return pen
+
+    def _block(self, flat: np.ndarray, p0: int, n: int, o: np.ndarray, counts, w: int) -> int:
+        # pixels [p0, p0 + m) through the uint32 view; the last pixel of the
+        # buffer has no byte after it and is done on its own
+        m = n - 1 if 3 * (p0 + n) == flat.size else n
+        v, t = self.v[:m], self.t[:m]
+        np.copyto(v, np.ndarray((m,), "<u4", buffer=flat, offset=3 * p0, strides=(3,)))
+        if self.feature == "luma":
+            np.bitwise_and(v, 0xFF00FF, out=t)  # R | B << 16
+            v &= 0xFF00  # G << 8
+            t *= 0x4D001D  # bits 16..31: 77 R + 29 B (29 R below it, no carry)
+            v *= 0x9600  # 150 G << 16
+            t += v
+            t += 0x800000  # + 128 << 16
+            t >>= 24
+            np.copyto(o[:m], t, casting="unsafe")
+            if m < n:
+                r, g, b = (int(c) for c in flat[-3:])
+                o[m] = (77 * r + 150 * g + 29 * b + 128) >> 8
+            return 0
+        r, g, b = self.planes[:, :n]
+        np.copyto(r[:m], v, casting="unsafe")  # low byte
+        np.right_shift(v, 8, out=t)
+        np.copyto(g[:m], t, casting="unsafe")
+        v >>= 16
+        np.copyto(b[:m], v, casting="unsafe")
+        if m < n:
+            r[m], g[m], b[m] = flat[-3:]
+        mx, d = self.mx[:n], self.d[:n]
+        np.maximum(r, g, out=mx)
+        np.maximum(mx, b, out=mx)
+        np.minimum(r, g, out=d)
+        np.minimum(d, b, out=d)
+        np.subtract(mx, d, out=d)  # d = max - min
+        # 255 d / max in float32: the product is exact and the quotient is
+        # correctly rounded, and a non-integer 255 d / max is >= 1 / 510 from
+        # the nearest half-integer, so rint gives the exact rounding (ties to even)
+        fd, fm = self.fd[:n], self.fm[:n]
+        np.copyto(fd, d)
+        fd *= np.float32(255)
+        np.copyto(fm, mx)
+        fm += np.float32(1e-30)  # max == 0 (then d == 0) gives 0; no effect on max >= 1
+        fd /= fm
+        np.rint(fd, out=fd)
+        np.copyto(o, fd, casting="unsafe")
+        if not self.reject:
+            return 0
+        # coloured pen, R not the maximum: green sector (G max) 60 (B - R) + (120 - lo) d >= 0,
+        # blue sector (B max) 60 (G - R) + (hi - 240) d >= 0. With X = min(G, B) both read
+        # 60 (X - R) + c d >= 0, |value| <= 30600: wrapping uint16 arithmetic, sign as int16
+        x8, sec, z, t16 = self.x8[:n], self.sec[:n], self.z[:n], self.t16[:n]
+        np.minimum(g, b, out=x8)
+        np.multiply(x8, 60, out=z, dtype=np.uint16)
+        np.multiply(r, 60, out=t16, dtype=np.uint16)
+        z -= t16
+        np.multiply(d, self.c_blue & 0xFFFF, out=t16, dtype=np.uint16)
+        z += t16
+        if self.c_green != self.c_blue:
+            np.greater_equal(g, b, out=sec.view(bool))  # green sector
+            np.negative(sec, out=sec)  # 0 / 255
+            sec &= d
+            np.multiply(sec, (self.c_green - self.c_blue) & 0xFFFF, out=t16, dtype=np.uint16)
+            z += t16
+        ok, cnd = self.ok[:n], self.cnd[:n]
+        np.greater_equal(z.view(np.int16), 0, out=ok)
+        np.not_equal(r, mx, out=cnd)
+        ok &= cnd
+        np.greater_equal(o, self.s_min, out=cnd)
+        ok &= cnd
+        if self.s_min == 0:
+            np.greater(d, 0, out=cnd)
+            ok &= cnd
+        np.less(mx, self.black, out=cnd)  # black ink
+        ok |= cnd
+        if o.dtype == np.uint8:
+            np.subtract(ok.view(np.uint8), 1, out=x8)  # 0 on pen, 255 elsewhere
+            o &= x8
+        else:
+            np.subtract(ok.view(np.uint8), 1, out=z, dtype=np.uint16)  # 0 on pen, 0xFFFF elsewhere
+            o &= z
+        if counts is not None:
+            counts[...] = np.count_nonzero(ok.reshape(-1, w), axis=1)
+        return int(np.count_nonzero(ok))
+
+
 def _luma(rgb: np.ndarray) -> np.ndarray:
     """BT.601 luma ``(77 R + 150 G + 29 B + 128) >> 8`` of (h, w, 3) uint8 -> (h, w) uint8."""
+    out = np.empty(rgb.shape[:2], np.uint8)
+    _FeatureKernel("luma", {})(rgb, out)
+    return out
+
+
+def _saturation_features(rgb: np.ndarray, p: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """HSV saturation ``rint(255 (max - min) / max)`` of (h, w, 3) uint8 RGB, pen ink set to 0.
+
+    Pen ink (when ``reject_pen``): ``max(R, G, B) < black_max_value`` (black
+    marker, dark debris), or saturation >= ``pen_min_saturation`` with an HSV
+    hue in ``pen_hue_deg`` = (lo, hi) degrees, 60 <= lo <= 180 <= hi <= 300:
+    the green sector (G is the maximum, hue = 120 + 60 (B - R) / d >= lo) or
+    the blue sector (B is the maximum, hue = 240 + 60 (R - G) / d <= hi) --
+    where blue and green marker inks are and H&E stains are not. Exact
+    arithmetic (see :class:`_FeatureKernel`), in cache-sized blocks.
+
+    Returns (saturation uint8 (h, w), pen pixels per row (h,) int64).
+    """
     h, w = rgb.shape[:2]
     out = np.empty((h, w), np.uint8)
-    rows = max(1, (1 << 18) // max(1, w))  # ~256k pixels per block: stays in cache
-    acc = np.empty((min(rows, h), w), np.uint16)
-    tmp = np.empty_like(acc)
-    for y in range(0, h, rows):
-        n = min(rows, h - y)
-        a, t, blk = acc[:n], tmp[:n], rgb[y : y + n]
-        np.multiply(blk[..., 0], 77, out=a, dtype=np.uint16)
-        np.multiply(blk[..., 1], 150, out=t, dtype=np.uint16)
-        a += t
-        np.multiply(blk[..., 2], 29, out=t, dtype=np.uint16)
-        a += t
-        a += 128
-        a >>= 8
-        out[y : y + n] = a
-    return out
+    pen_rows = np.zeros(h, np.int64)
+    _FeatureKernel("saturation", p)(rgb, out, pen_rows)
+    return out, pen_rows
 
 
 def _box_shrink_rgb(rgb: np.ndarray, kx: int, ky: int, out_w: int, out_h: int) -> np.ndarray:
@@ -543,65 +695,169 @@ def _gather_columns(r: np.ndarray, plan: _AxisPlan, t: int, buf: np.ndarray) -> 
     return buf
 
 
-def _apply_taps(
-    inter: np.ndarray, row_offset: int, plan_y: _AxisPlan, plan_x: _AxisPlan, i0: int, i1: int, out: np.ndarray
-) -> None:
-    """Mask rows [i0, i1) from the 2-D intermediate image (``inter[0]`` is row ``row_offset``) into ``out``.
+def _histogram(img: np.ndarray) -> np.ndarray:
+    """256-bin histogram (int64) of a uint8 image (libvips ``hist_find`` when large: no int64 copy)."""
+    if img.size < (1 << 16):
+        return np.bincount(img.ravel(), minlength=256)
+    import pyvips
 
-    Blocks of ``_ROW_BLOCK`` mask rows keep the uint16 accumulators in cache:
-    ``acc = 255 * fill + 128 + sum(w * v)``, then ``>> 8``.
+    a = np.ascontiguousarray(img)
+    if a.ndim == 1:
+        a = a[None, :]
+    return pyvips.Image.new_from_array(a).hist_find().numpy().ravel().astype(np.int64)
+
+
+class _Resampler:
+    """Streams the intermediate (box-shrunk) RGB rows onto the mask grid.
+
+    :meth:`push` takes the next intermediate rows, in order, in pieces of any
+    size. The feature of every intermediate row is computed once (uint16, into
+    a window of rows), and the mask rows are finished in bands of about
+    ``_BAND_PIXELS`` pixels as soon as all the rows a band reads are in the
+    window: y taps (weighted sums of whole rows), then x taps (weighted sums
+    of gathered columns), see :class:`_AxisPlan`. The result does not depend
+    on how the rows are split into pieces. The histogram of the finished mask
+    rows is accumulated in ``hist``.
     """
-    n_cols = inter.shape[1]
-    rows = min(_ROW_BLOCK, i1 - i0)
-    acc = np.empty((rows, n_cols), np.uint16)
-    tmp = np.empty_like(acc)
-    row8 = np.empty((rows, n_cols), np.uint8)
-    if not plan_x.identity:
-        acc2 = np.empty((rows, plan_x.n_out), np.uint16)
-        tmp2 = np.empty_like(acc2)
-        cols = np.zeros((rows, plan_x.n_out), np.uint8)
-        fill_x = plan_x.fill_weight * np.uint16(WHITE) + np.uint16(128)
-    if not plan_y.identity:
-        fill_y = plan_y.fill_weight * np.uint16(WHITE) + np.uint16(128)
-        src_y = [plan_y.src(t) - row_offset for t in range(plan_y.taps)]
-    for b0 in range(i0, i1, _ROW_BLOCK):
-        b1 = min(b0 + _ROW_BLOCK, i1)
-        n = b1 - b0
-        r = row8[:n]
-        # --- y: weighted sum of intermediate rows
-        if plan_y.identity:
-            inside = max(0, min(b1, plan_y.n_int) - b0)
-            r[:inside] = inter[b0 - row_offset : b0 - row_offset + inside]
-            r[inside:] = WHITE
-        else:
-            a, t_ = acc[:n], tmp[:n]
-            a[...] = fill_y[b0:b1, None]
-            # rows base[b0] + t + (0 .. n-1) when the block lies in one run: a view, no copy
-            first = int(plan_y.base[b0]) - row_offset
-            contiguous = int(plan_y.base[b1 - 1]) - int(plan_y.base[b0]) == n - 1
-            for t in range(plan_y.taps):
-                if contiguous and first + t + n <= inter.shape[0]:
-                    rows_t = inter[first + t : first + t + n]
-                else:
-                    rows_t = inter[src_y[t][b0:b1]]
-                np.multiply(rows_t, plan_y.weights[t, b0:b1, None], out=t_, dtype=np.uint16)
-                a += t_
-            a >>= 8
-            np.copyto(r, a, casting="unsafe")
-        # --- x: weighted sum of columns
-        dst = out[b0 - i0 : b1 - i0]
-        if plan_x.identity:
-            inside = min(plan_x.n_out, plan_x.n_int)
-            dst[:, :inside] = r[:, :inside]
+
+    def __init__(self, plan_x: _AxisPlan, plan_y: _AxisPlan, feature: str, params: dict[str, Any], out: np.ndarray):
+        self.px, self.py, self.out = plan_x, plan_y, out
+        w_int, w_out, n_out, n_int = plan_x.n_int, plan_x.n_out, plan_y.n_out, plan_y.n_int
+        self.kernel = _FeatureKernel(feature, params)
+        self.lo = self.hi = 0  # the window holds intermediate rows [lo, hi)
+        self.done = 0  # mask rows [0, done) are finished
+        self.pen = 0
+        self.hist = np.zeros(256, np.int64)
+        self._hist_from = 0
+        # mask row i reads intermediate rows first[i] .. need_end[i] - 1 (clipped into the level)
+        self.first = np.minimum(plan_y.base, n_int - 1)
+        self.need_end = np.minimum(plan_y.base + plan_y.taps, n_int)
+        self.band = b = max(1, _BAND_PIXELS // max(w_int, w_out, 1))
+        starts = np.arange(0, n_out, b)
+        span = int((self.need_end[np.minimum(starts + b, n_out) - 1] - self.first[starts]).max())
+        self.win = np.empty((span + max(1, _BLOCK_PIXELS // w_int), w_int), np.uint16)
+        rows = min(b, n_out)
+        if not plan_y.identity:
+            self.src_y = [plan_y.src(t) for t in range(plan_y.taps)]
+            self.wy = plan_y.weights[:, :, None]
+            # rows with a part past the slide: + fill * WHITE (else only the rounding 128)
+            self.fill_y = plan_y.fill_weight * np.uint16(WHITE)
+            self.fill_y_count = np.concatenate([[0], np.cumsum(plan_y.fill_weight > 0)])
+            self.yacc = np.empty((rows, w_int), np.uint16)
+            self.ytmp = np.empty((rows, w_int), np.uint16)
+            self.yrows = np.empty((rows, w_int), np.uint16)
+        if not plan_x.identity:
+            self.xacc = np.empty((rows, w_out), np.uint16)
+            self.xtmp = np.empty((rows, w_out), np.uint16)
+            self.xg = np.empty((rows, w_out), np.uint16)
+            self.fill_x_cols = np.flatnonzero(plan_x.fill_weight)
+            self.fill_x = plan_x.fill_weight[self.fill_x_cols] * np.uint16(WHITE)
+            if plan_x.runs is not None:
+                # tap 0 by slices: columns [j0, j1) <- source columns [a, b) (long runs);
+                # tap t reads tap 0 t columns further on, except near the ends of the
+                # runs (x_fix[t], a small gather from x_fix_src[t])
+                self.x_slices = []
+                for j0, j1, m0 in plan_x.runs:
+                    e = min(m0 + (j1 - j0), w_int)
+                    if e > m0:
+                        self.x_slices.append((j0, j0 + (e - m0), m0, e))
+                base = plan_x.base
+                self.x_fix, self.x_fix_src, self.x_fix_w = [None], [None], [None]
+                for t in range(1, plan_x.taps):
+                    fix = np.flatnonzero(base[t:] - base[:-t] != t) if w_out > t else np.zeros(0, np.int64)
+                    fix = np.concatenate([fix, np.arange(max(0, w_out - t), w_out)])
+                    self.x_fix.append(fix)
+                    self.x_fix_src.append(np.minimum(base[fix] + t, w_int - 1))
+                    self.x_fix_w.append(plan_x.weights[t, fix])
+            else:
+                self.src_x = [plan_x.src(t) for t in range(plan_x.taps)]
+
+    def push(self, rgb: np.ndarray) -> None:
+        """Intermediate rows ``[hi, hi + len(rgb))`` as (n, n_int_x, 3) uint8 RGB."""
+        y = 0
+        n_out = self.py.n_out
+        while y < rgb.shape[0]:
+            # drop the window rows that no unfinished mask row reads
+            keep = min(int(self.first[self.done]), self.hi) if self.done < n_out else self.hi
+            if keep > self.lo:
+                self.win[: self.hi - keep] = self.win[keep - self.lo : self.hi - self.lo]
+                self.lo = keep
+            held = self.hi - self.lo
+            n = min(rgb.shape[0] - y, self.win.shape[0] - held)
+            self.pen += self.kernel(rgb[y : y + n], self.win[held : held + n])
+            self.hi += n
+            y += n
+            while self.done < n_out:
+                i1 = min(self.done + self.band, n_out)
+                if self.need_end[i1 - 1] > self.hi:
+                    break
+                self._band(self.done, i1)
+                self.done = i1
+        self._update_hist()
+
+    def _update_hist(self) -> None:
+        if self.done > self._hist_from:
+            self.hist += _histogram(self.out[self._hist_from : self.done])
+            self._hist_from = self.done
+
+    def _band(self, i0: int, i1: int) -> None:
+        """Finish mask rows [i0, i1), all of whose taps are in the window."""
+        n = i1 - i0
+        py = self.py
+        if py.identity:
+            inside = max(0, min(i1, py.n_int) - i0)
+            if inside < n:
+                self.out[i0 + inside : i1] = WHITE
+            if inside:
+                self._x_stage(self.win[i0 - self.lo : i0 - self.lo + inside], i0)
+            return
+        acc, tmp = self.yacc[:n], self.ytmp[:n]
+        for t in range(py.taps):
+            src = self.src_y[t]
+            a = int(src[i0]) - self.lo
+            if int(src[i1 - 1]) - self.lo - a == n - 1:
+                rows = self.win[a : a + n]  # consecutive rows: a view
+            else:
+                rows = np.take(self.win, src[i0:i1] - self.lo, axis=0, out=self.yrows[:n])
+            np.multiply(rows, self.wy[t, i0:i1], out=acc if t == 0 else tmp)
+            if t:
+                acc += tmp
+        if self.fill_y_count[i1] > self.fill_y_count[i0]:
+            acc += self.fill_y[i0:i1, None]
+        acc += 128
+        acc >>= 8
+        self._x_stage(acc, i0)
+
+    def _x_stage(self, rows: np.ndarray, i0: int) -> None:
+        """x taps of the y-resampled rows (uint16) into mask rows [i0, i0 + len(rows))."""
+        n = rows.shape[0]
+        px = self.px
+        dst = self.out[i0 : i0 + n]
+        if px.identity:
+            inside = min(px.n_out, px.n_int)
+            np.copyto(dst[:, :inside], rows[:, :inside], casting="unsafe")
             dst[:, inside:] = WHITE
-            continue
-        a2, t2 = acc2[:n], tmp2[:n]
-        a2[...] = fill_x
-        for t in range(plan_x.taps):
-            np.multiply(_gather_columns(r, plan_x, t, cols[:n]), plan_x.weights[t], out=t2, dtype=np.uint16)
-            a2 += t2
-        a2 >>= 8
-        np.copyto(dst, a2, casting="unsafe")
+            return
+        acc, tmp, g = self.xacc[:n], self.xtmp[:n], self.xg[:n]
+        for t in range(px.taps):
+            w = px.weights[t]
+            if px.runs is None:
+                np.take(rows, self.src_x[t], axis=1, out=g)
+                np.multiply(g, w, out=acc if t == 0 else tmp)
+            elif t == 0:
+                for j0, j1, a, b in self.x_slices:
+                    g[:, j0:j1] = rows[:, a:b]
+                np.multiply(g, w, out=acc)
+            else:
+                np.multiply(g[:, t:], w[:-t], out=tmp[:, :-t])
+                tmp[:, self.x_fix[t]] = rows[:, self.x_fix_src[t]] * self.x_fix_w[t]
+            if t:
+                acc += tmp
+        acc += 128
+        if self.fill_x_cols.size:
+            acc[:, self.fill_x_cols] += self.fill_x
+        acc >>= 8
+        np.copyto(dst, acc, casting="unsafe")
 
 
 def _resample_level(
@@ -612,75 +868,57 @@ def _resample_level(
     ``feature`` is ``"luma"`` (grey level) or ``"saturation"`` (HSV saturation
     with pen ink zeroed, see :func:`_saturation_features`); the pen count is 0
     for luma.
+    """
+    out, pen, _ = _resample_level_hist(slide, level, plan_x, plan_y, feature, params)
+    return out, pen
+
+
+def _resample_level_hist(
+    slide: Slide, level: int, plan_x: _AxisPlan, plan_y: _AxisPlan, feature: str, params: dict[str, Any]
+) -> tuple[np.ndarray, int, np.ndarray]:
+    """:func:`_resample_level` plus the 256-bin histogram of the result.
 
     A level of at most ``_PIPELINE_PIXELS`` pixels is read at once
-    (``read_level``) and processed by ``_THREADS`` threads over halves of its
-    rows. A bigger level is read in strips of whole mask rows of about
-    ``_STRIP_PIXELS`` level pixels (``read_region``): the next strip is decoded
-    on a second thread while this one is processed, and memory stays bounded.
-    The result does not depend on the strips or threads.
+    (``read_level``). A bigger level is read in strips of about
+    ``_STRIP_PIXELS`` level pixels (whole rows, whole box-shrink blocks): the
+    next strip is decoded on a second thread while this one is processed, into
+    one of two reused buffers, so decoding and computing overlap and memory
+    stays bounded. The result does not depend on the strips.
     """
     lv = slide.levels[level]
     width, height = lv.width, lv.height
     out = np.empty((plan_y.n_out, plan_x.n_out), np.uint8)
     kx, ky = plan_x.k, plan_y.k
-    n_out = plan_y.n_out
-    if width * height <= _PIPELINE_PIXELS:
-        bounds = [0, n_out]
-    else:
-        rows_per_strip = max(1, int(_STRIP_PIXELS // max(1.0, width * plan_y.f)))
-        bounds = [*range(0, n_out, rows_per_strip), n_out]
-    strips = list(zip(bounds[:-1], bounds[1:]))
+    res = _Resampler(plan_x, plan_y, feature, params, out)
 
-    def read(i0: int, i1: int) -> np.ndarray:
-        m0, m1 = plan_y.needed(i0, i1)
-        y0, y1 = m0 * ky, min(m1 * ky, height)
-        if y0 == 0 and y1 == height:
-            rgb = slide.read_level(level)
-        else:
-            rgb = slide.read_region(level, 0, y0, width, y1 - y0)
+    def shrink(rgb: np.ndarray) -> np.ndarray:
         if kx == 1 and ky == 1:
             return rgb
-        return _box_shrink_rgb(rgb, kx, ky, plan_x.n_int, m1 - m0)
+        return _box_shrink_rgb(rgb, kx, ky, plan_x.n_int, -(-rgb.shape[0] // ky))
 
-    def work(inter: np.ndarray, m0: int, a: int, b: int, own_end: int) -> int:
-        """Feature + taps for mask rows [a, b); returns the pen pixels in intermediate rows < own_end."""
-        ma, mb = plan_y.needed(a, b)
-        chunk = inter[ma - m0 : mb - m0]
-        if feature == "luma":
-            feat, n_pen = _luma(chunk), 0
-        else:
-            feat, pen_rows = _saturation_features(chunk, params)
-            n_pen = int(pen_rows[: max(0, min(mb, own_end) - ma)].sum())
-        _apply_taps(feat, ma, plan_y, plan_x, a, b, out[a:b])
-        return n_pen
+    if width * height <= _PIPELINE_PIXELS:
+        res.push(shrink(slide.read_level(level)))
+    else:
+        rows = max(ky, int(_STRIP_PIXELS // max(1, width)) // ky * ky)
+        starts = list(range(0, height, rows))
+        bufs = [np.empty((1, min(rows, height), width, 3), np.uint8) for _ in range(min(2, len(starts)))]
 
-    pen_count = 0
-    if len(strips) == 1:
-        inter = read(0, n_out)
-        m0, m1 = plan_y.needed(0, n_out)
-        if _THREADS > 1 and out.size >= (1 << 20):
-            # two threads over halves of the rows (numpy releases the GIL); the
-            # few intermediate rows both halves need are computed twice
-            mid = (n_out + 1) // 2
-            split = plan_y.needed(mid, n_out)[0]
-            with ThreadPoolExecutor(2) as pool:
-                futures = [pool.submit(work, inter, m0, 0, mid, split), pool.submit(work, inter, m0, mid, n_out, m1)]
-                pen_count = sum(f.result() for f in futures)
-        else:
-            pen_count = work(inter, m0, 0, n_out, m1)
-        return out, pen_count
-    with ThreadPoolExecutor(1) as reader:
-        pending = reader.submit(read, *strips[0])
-        for k, (i0, i1) in enumerate(strips):
-            inter = pending.result()
-            if k + 1 < len(strips):
-                pending = reader.submit(read, *strips[k + 1])  # decode ahead
-            # intermediate rows from the next strip's first one on are counted there
-            own_end = plan_y.needed(*strips[k + 1])[0] if k + 1 < len(strips) else plan_y.n_int
-            pen_count += work(inter, plan_y.needed(i0, i1)[0], i0, i1, own_end)
-            del inter
-    return out, pen_count
+        def read(k: int) -> np.ndarray:
+            y0 = starts[k]
+            h = min(rows, height - y0)
+            buf = bufs[k % 2][:, :h]
+            slide.read_regions_into(level, np.array([0]), np.array([y0]), width, h, buf)
+            return buf[0]
+
+        with ThreadPoolExecutor(1) as reader:
+            pending = reader.submit(read, 0)
+            for k in range(len(starts)):
+                rgb = pending.result()
+                if k + 1 < len(starts):
+                    pending = reader.submit(read, k + 1)  # decode ahead into the other buffer
+                res.push(shrink(rgb))
+    assert res.done == plan_y.n_out
+    return out, res.pen, res.hist
 
 
 # ---------------------------------------------------------------------------
@@ -784,23 +1022,17 @@ def _class_stats(hist: np.ndarray, lo: int, hi: int) -> tuple[float, float]:
     return n, float((h * np.arange(lo, hi + 1)).sum() / n)
 
 
-def _histogram(img: np.ndarray) -> np.ndarray:
-    """256-bin histogram of a uint8 image (libvips ``hist_find``: no int64 copy of the image)."""
-    if img.size < (1 << 16):
-        return np.bincount(img.ravel(), minlength=256)
-    import pyvips
-
-    return pyvips.Image.new_from_array(np.ascontiguousarray(img)).hist_find().numpy().ravel().astype(np.int64)
-
-
 def _finite(v: float) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def _threshold_grey(grey: np.ndarray, p: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+def _threshold_grey(
+    grey: np.ndarray, p: dict[str, Any], hist: np.ndarray | None = None
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Multi-Otsu on the grey histogram -> (bool tissue, stats); tissue = grey <= threshold."""
     classes = int(p["classes"])
-    hist = _histogram(grey)
+    if hist is None:
+        hist = _histogram(grey)
     thresholds = multi_otsu_thresholds(hist, classes)
     edges = [-1, *thresholds, 255]
     stats = [_class_stats(hist, edges[k] + 1, edges[k + 1]) for k in range(classes)]
@@ -831,80 +1063,12 @@ def _threshold_grey(grey: np.ndarray, p: dict[str, Any]) -> tuple[np.ndarray, di
     }
 
 
-# saturation rint(255 * d / mx) indexed by (mx << 8) | d, with d = max - min
-_SAT_LUT = np.zeros(1 << 16, np.uint8)
-_mx, _d = np.divmod(np.arange(1 << 16), 256)
-_ok = (_mx > 0) & (_d <= _mx)
-_SAT_LUT[_ok] = np.rint(255.0 * _d[_ok] / _mx[_ok]).astype(np.uint8)
-del _mx, _d, _ok
-
-
-def _saturation_features(rgb: np.ndarray, p: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """HSV saturation ``rint(255 (max - min) / max)`` of (h, w, 3) uint8 RGB, pen ink set to 0.
-
-    Pen ink (when ``reject_pen``): ``max(R, G, B) < black_max_value`` (black
-    marker, dark debris), or saturation >= ``pen_min_saturation`` with an HSV
-    hue in ``pen_hue_deg`` = (lo, hi) degrees, 60 <= lo <= 180 <= hi <= 300:
-    the green sector (G is the maximum, hue = 120 + 60 (B - R) / d >= lo) or
-    the blue sector (B is the maximum, hue = 240 + 60 (R - G) / d <= hi) --
-    where blue and green marker inks are and H&E stains are not. Exact
-    integer arithmetic (uint16), in cache-sized row blocks.
-
-    Returns (saturation uint8 (h, w), pen pixels per row (h,) int64).
-    """
-    h, w = rgb.shape[:2]
-    out = np.empty((h, w), np.uint8)
-    reject = bool(p["reject_pen"])
-    lo, hi = (int(round(float(v))) for v in p["pen_hue_deg"])
-    s_min = int(math.ceil(float(p["pen_min_saturation"]) * 255.0 - 1e-9))
-    black = int(p["black_max_value"])
-    u16 = np.uint16
-    pen_rows = np.zeros(h, np.int64)
-    rows = max(1, (1 << 17) // max(1, w))
-    planes = np.empty((3, min(rows, h), w), np.uint8)
-    for y in range(0, h, rows):
-        blk = rgb[y : y + rows]
-        n = blk.shape[0]
-        r, g, b = planes[:, :n]
-        np.copyto(planes[:, :n], blk.transpose(2, 0, 1))  # de-interleave: contiguous planes
-        mx = np.maximum(r, g)
-        np.maximum(mx, b, out=mx)
-        d = np.minimum(r, g)
-        np.minimum(d, b, out=d)
-        np.subtract(mx, d, out=d)  # d = max - min
-        idx = mx.astype(u16)
-        idx <<= 8
-        idx |= d
-        sat = _SAT_LUT[idx]
-        if reject:
-            pen = mx < black
-            # candidates: saturated enough, and G or B (not R) is the maximum
-            cand = sat >= s_min
-            cand &= r != mx
-            if s_min == 0:
-                cand &= d > 0
-            at = np.flatnonzero(cand)
-            if at.size:
-                r60, g60, b60 = (c.ravel()[at].astype(u16) * u16(60) for c in (r, g, b))
-                d16 = d.ravel()[at].astype(u16)
-                gmax = g.ravel()[at] == mx.ravel()[at]
-                # green sector (G max): hue = 120 + 60 (B - R) / d >= lo
-                green = (b60 + d16 * u16(120 - lo) >= r60) if lo <= 120 else (b60 >= r60 + d16 * u16(lo - 120))
-                green &= gmax
-                # blue sector (B max, G below it): hue = 240 + 60 (R - G) / d <= hi
-                blue = (r60 + d16 * u16(240 - hi) <= g60) if hi <= 240 else (r60 <= g60 + d16 * u16(hi - 240))
-                blue &= ~gmax
-                green |= blue
-                pen.ravel()[at[green]] = True
-            sat[pen] = 0
-            pen_rows[y : y + n] = np.count_nonzero(pen, axis=1)
-        out[y : y + n] = sat
-    return out, pen_rows
-
-
-def _threshold_saturation(sat: np.ndarray, p: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+def _threshold_saturation(
+    sat: np.ndarray, p: dict[str, Any], hist: np.ndarray | None = None
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Otsu on the saturation histogram -> (bool tissue, stats); tissue = saturation > threshold."""
-    hist = _histogram(sat)
+    if hist is None:
+        hist = _histogram(sat)
     (t_otsu,) = multi_otsu_thresholds(hist, 2)
     lo_n, lo_mean = _class_stats(hist, 0, t_otsu)
     hi_n, hi_mean = _class_stats(hist, t_otsu + 1, 255)

@@ -138,12 +138,17 @@ def tile_pixel_std(tiles: np.ndarray) -> np.ndarray:
     ndarray of float64, shape (N,)
         Standard deviation of ``(R + G + B) / 3`` over each tile, in grey levels.
     """
-    # grey*3 fits uint16 exactly; var = E[g^2] - E[g]^2 with float64 sums avoids
-    # materialising a float copy of every pixel minus its mean (3x faster than .std)
-    grey3 = tiles.reshape(tiles.shape[0], -1, 3).sum(axis=2, dtype=np.uint16).astype(np.float32)
+    # grey*3 fits uint16 exactly; adding the three channel planes beats a reduction
+    # over the short last axis, and var = E[g^2] - E[g]^2 with float64 sums avoids
+    # materialising every pixel minus its mean (together ~5x faster than .std)
+    grey3 = tiles[..., 0].astype(np.uint16)
+    grey3 += tiles[..., 1]
+    grey3 += tiles[..., 2]
+    grey3 = grey3.reshape(tiles.shape[0], -1)
     n = grey3.shape[1]
-    mean = grey3.sum(axis=1, dtype=np.float64) / n
-    mean_sq = np.einsum("ij,ij->i", grey3, grey3, dtype=np.float64) / n
+    mean = grey3.sum(axis=1, dtype=np.uint64).astype(np.float64) / n
+    as_float = grey3.astype(np.float32)
+    mean_sq = np.einsum("ij,ij->i", as_float, as_float, dtype=np.float64) / n
     return np.sqrt(np.maximum(mean_sq - mean * mean, 0.0)) / 3.0
 
 

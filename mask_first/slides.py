@@ -105,6 +105,15 @@ class Slide:
         lv = self.levels[level]
         return self.mpp_x * lv.downsample_x, self.mpp_y * lv.downsample_y
 
+    def stored_tile_size(self, level: int) -> tuple[int, int] | None:
+        """(width, height) in pixels of the stored tiles (or strips) of ``level``.
+
+        Reading a region that is exactly one stored tile is the cheapest read
+        there is (decoded straight into the caller's array). None when the
+        backend does not expose its storage (OpenSlide).
+        """
+        return None
+
     def best_level_for_mpp(self, mpp: float) -> int:
         """The coarsest level whose resolution is not coarser than ``mpp``; see :func:`choose_level`."""
         return choose_level([self.level_mpp(k) for k in range(self.level_count)], mpp)
@@ -361,6 +370,10 @@ class TiffSlide(Slide):
         self.mpp_x, self.mpp_y = _resolve_mpp(self.path, mx, my, mpp_override)
         self._fd = os.open(self.path, os.O_RDONLY)
         self._readers = [_TiffLevelReader(p, self._fd, name=self.path.name, level=k) for k, p in enumerate(pages)]
+
+    def stored_tile_size(self, level: int) -> tuple[int, int]:
+        r = self._readers[level]
+        return r.seg_w, r.seg_h
 
     def read_regions_into(self, level, xs, ys, width, height, out, threads: int = 1) -> None:
         reader = self._readers[level]

@@ -1047,13 +1047,12 @@ def _segment_size(slide: Slide, level: int) -> tuple[int, int] | None:
     A request of exactly one stored JPEG tile is decoded by
     :class:`~mask_first.slides.TiffSlide` straight into the caller's array, with
     no intermediate array, cache entry or copy: much cheaper than a region that
-    spans tiles (what ``read_level`` is). Peeks at the TIFF reader's geometry.
+    spans tiles (what ``read_level`` is).
     """
-    try:
-        reader = slide._readers[level]  # type: ignore[attr-defined]
-        seg_w, seg_h = int(reader.seg_w), int(reader.seg_h)
-    except (AttributeError, IndexError, KeyError, TypeError, ValueError):
+    size = slide.stored_tile_size(level) if hasattr(slide, "stored_tile_size") else None
+    if size is None:
         return None
+    seg_w, seg_h = int(size[0]), int(size[1])
     return (seg_w, seg_h) if seg_w > 0 and seg_h > 0 else None
 
 

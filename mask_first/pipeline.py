@@ -10,7 +10,6 @@ one-line error naming the slide.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import SHARED_SLIDES, SNAKEFILE, planned_jobs, run_workflow, write_sheet
+from conftest import SNAKEFILE, planned_jobs, run_workflow, write_sheet
 from mask_first.masks.overlay import read_mask_overlay, write_mask_overlay
 from mask_first.masks.heatmaps import read_heatmap_tiff
 from mask_first.synthetic import write_synthetic_slide

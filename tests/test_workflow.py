@@ -15,7 +15,7 @@ from mask_first.masks.heatmaps import read_heatmap_tiff
 from mask_first.masks.overlay import read_mask_overlay
 from mask_first.slides import read_slides
 from mask_first.synthetic import synthetic_pen_mask, synthetic_tissue_mask, write_synthetic_slide
-from mask_first.tiling import grid_tiles, load_tile_pixels
+from mask_first.tiling import load_tile_pixels
 
 pytestmark = pytest.mark.slow
 

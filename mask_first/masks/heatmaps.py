@@ -117,10 +117,10 @@ def write_heatmap_tiff(
     """
     import tifffile
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    from mask_first.pipeline import atomic_path
+
     level = np.ascontiguousarray(np.moveaxis(heat, 0, -1).astype(np.float32))
-    try:
+    with atomic_path(path) as tmp:
         with tifffile.TiffWriter(tmp, bigtiff=True) as tw:
             k = 0
             while True:
@@ -136,9 +136,6 @@ def write_heatmap_tiff(
                     break
                 level = _nanmean_2x2(level)
                 k += 1
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def read_heatmap_tiff(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, float], dict]:

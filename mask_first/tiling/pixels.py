@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -187,7 +186,7 @@ def write_tile_pixels(
     Parameters
     ----------
     out_path : path-like
-        Written to ``<out_path>.tmp`` and renamed when complete, so an
+        Written to a hidden temporary sibling and renamed when complete, so an
         interrupted run never leaves a file that looks finished.
     slide_path : path-like
     tiles : DataFrame
@@ -209,8 +208,6 @@ def write_tile_pixels(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    out_path = Path(out_path)
-    tmp = out_path.with_name(out_path.name + ".tmp")
     meta = tiles.reset_index(drop=True)
     xs, ys = _coords(meta["x"].to_numpy(), meta["y"].to_numpy())
     columns = {
@@ -224,37 +221,36 @@ def write_tile_pixels(
         if name not in schema.names:
             schema = schema.append(pa.field(name, pa.string() if isinstance(value, str) else pa.int64()))
     schema = schema.append(pa.field("pixels", pa.binary()))
-    writer = pq.ParquetWriter(tmp, schema, compression="zstd")
-    try:
-        pending: list[bytes] = []
-        start = 0
+    from mask_first.pipeline import atomic_path  # pipeline imports this package
 
-        def flush(upto: int) -> None:
-            nonlocal pending, start
-            chunk = meta.iloc[start:upto].copy()
-            for name, value in columns.items():
-                if name not in meta.columns:
-                    chunk[name] = value
-            chunk["pixels"] = pending
-            writer.write_table(pa.Table.from_pandas(chunk, schema=schema, preserve_index=False))
-            pending, start = [], upto
+    with atomic_path(out_path) as tmp:
+        writer = pq.ParquetWriter(tmp, schema, compression="zstd")
+        try:
+            pending: list[bytes] = []
+            start = 0
 
-        with open_slide(slide_path, mpp_override) as slide:
-            for sl, batch in iter_slide_tiles(
-                slide, xs, ys, tile_extent_x, tile_extent_y, level,
-                batch_size=min(batch_size, row_group_tiles), threads=threads,
-            ):
-                pending.extend(_encode(batch, encoding, jpeg_quality))
-                if len(pending) >= row_group_tiles:
-                    flush(sl.stop)
-        if pending or start == 0:
-            flush(len(meta))
-        writer.close()
-        os.replace(tmp, out_path)
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
+            def flush(upto: int) -> None:
+                nonlocal pending, start
+                chunk = meta.iloc[start:upto].copy()
+                for name, value in columns.items():
+                    if name not in meta.columns:
+                        chunk[name] = value
+                chunk["pixels"] = pending
+                writer.write_table(pa.Table.from_pandas(chunk, schema=schema, preserve_index=False))
+                pending, start = [], upto
+
+            with open_slide(slide_path, mpp_override) as slide:
+                for sl, batch in iter_slide_tiles(
+                    slide, xs, ys, tile_extent_x, tile_extent_y, level,
+                    batch_size=min(batch_size, row_group_tiles), threads=threads,
+                ):
+                    pending.extend(_encode(batch, encoding, jpeg_quality))
+                    if len(pending) >= row_group_tiles:
+                        flush(sl.stop)
+            if pending or start == 0:
+                flush(len(meta))
+        finally:
+            writer.close()
     return len(meta)
 
 

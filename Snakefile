@@ -18,11 +18,10 @@ validate(config, "workflow/schemas/config.schema.yaml")
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
-include: "workflow/rules/slides.smk"
 include: "workflow/rules/masks.smk"
 include: "workflow/rules/tiles.smk"
 include: "workflow/rules/pixels.smk"
-include: "workflow/rules/qc.smk"
+include: "workflow/rules/cohort.smk"
 include: "workflow/rules/heatmaps.smk"
 
 

@@ -1,4 +1,4 @@
-"""Throughput and memory benchmark for ``mask_first.masks.mask_builders``.
+"""Throughput and memory benchmark for ``mask_first.assembly.mask_builders``.
 
 Scenario: a 100 000 x 100 000 px slide level, tiles of 512 px, stride 256 px
 (390 x 390 = 152 100 grid positions, raster order), batches of 64, float32.
@@ -37,10 +37,10 @@ from pathlib import Path
 import numpy as np
 
 try:
-    from mask_first.masks.mask_builders import MaskBuilder
+    from mask_first.assembly.mask_builders import MaskBuilder
 except ModuleNotFoundError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from mask_first.masks.mask_builders import MaskBuilder
+    from mask_first.assembly.mask_builders import MaskBuilder
 
 SOURCE = (100_000, 100_000)
 TILE = 512

@@ -22,8 +22,8 @@ import openslide
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import best_of  # noqa: E402
 
-from mask_first.masks.overlay import write_mask_overlay  # noqa: E402
-from mask_first.tiling import grid_tiles, tile_overlay_overlap  # noqa: E402
+from mask_first.tissue.overlay import write_mask_overlay  # noqa: E402
+from mask_first.tiles import grid_tiles, tile_overlay_overlap  # noqa: E402
 
 
 def per_tile_reads(overlay: Path, xs, ys, tile: int, mpp: float, mask_mpp: float) -> np.ndarray:

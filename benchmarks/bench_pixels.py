@@ -24,7 +24,7 @@ from common import best_of  # noqa: E402
 
 from mask_first.slides import open_slide  # noqa: E402
 from mask_first.synthetic import write_synthetic_slide  # noqa: E402
-from mask_first.tiling import grid_tiles, read_slide_tiles  # noqa: E402
+from mask_first.tiles import grid_tiles, read_slide_tiles  # noqa: E402
 
 
 def decode_ceiling(path: Path, segments: np.ndarray) -> None:

@@ -43,7 +43,7 @@ import numpy as np
 # Runnable from a plain checkout without `pip install -e .`.
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from mask_first.masks.tissue import tissue_mask_with_info  # noqa: E402
+from mask_first.tissue.detection import tissue_mask_with_info  # noqa: E402
 from mask_first.slides import open_slide  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data" / "slides"

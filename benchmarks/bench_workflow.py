@@ -26,10 +26,10 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import best_of  # noqa: E402
 
-from mask_first.masks.tissue import tissue_mask  # noqa: E402
+from mask_first.tissue.detection import tissue_mask  # noqa: E402
 from mask_first.slides import open_slide, slide_row  # noqa: E402
 from mask_first.synthetic import demo_cohort_specs, write_synthetic_slide  # noqa: E402
-from mask_first.tiling import grid_tiles, iter_slide_tiles, overlap_fractions, tile_pixel_std  # noqa: E402
+from mask_first.tiles import grid_tiles, iter_slide_tiles, overlap_fractions, tile_pixel_std  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import pandas as pd
 
 from mask_first.slides import Slide
 
-__all__ = ["thumbnail", "qc_thumbnail", "outline", "write_png"]
+__all__ = ["thumbnail", "qc_thumbnail", "outline"]
 
 MASK_COLOUR = np.array([230, 20, 20], np.uint8)
 TILE_COLOUR = np.array([0, 150, 60], np.uint8)
@@ -67,7 +66,10 @@ def _resample_nearest(mask: np.ndarray, mask_mpp, shape, mpp) -> np.ndarray:
 
 def qc_thumbnail(
     slide: Slide,
-    tiles: pd.DataFrame,
+    tile_x: np.ndarray,
+    tile_y: np.ndarray,
+    tile_extent: tuple[int, int],
+    tile_mpp: tuple[float, float],
     *,
     mask: tuple[np.ndarray, tuple[float, float]] | None = None,
     size: int = 1024,
@@ -77,9 +79,12 @@ def qc_thumbnail(
     Parameters
     ----------
     slide : Slide
-    tiles : DataFrame
-        Retained tiles with ``x``, ``y``, ``tile_extent_x/y`` (pixels of their
-        level) and ``mpp_x``, ``mpp_y`` (µm/px of that level).
+    tile_x, tile_y : array of int, shape (N,)
+        Top-left corners of the retained tiles in pixels of their level.
+    tile_extent : (int, int)
+        Tile (width, height) in pixels of that level.
+    tile_mpp : (float, float)
+        (mpp_x, mpp_y) of that level in µm/px.
     mask : (ndarray (H, W), (mpp_x, mpp_y)), optional
         Tissue mask (255 = tissue) and its resolution.
     size : int
@@ -91,14 +96,16 @@ def qc_thumbnail(
     """
     img, tmx, tmy = thumbnail(slide, size)
     h, w = img.shape[:2]
-    if len(tiles):
+    tile_x = np.asarray(tile_x, np.float64)
+    tile_y = np.asarray(tile_y, np.float64)
+    if len(tile_x):
         # rasterise all tile rectangles at once with a 2-D difference array
-        sx = float(tiles.mpp_x.iloc[0]) / tmx
-        sy = float(tiles.mpp_y.iloc[0]) / tmy
-        x0 = np.clip(np.floor(tiles.x.to_numpy() * sx).astype(np.int64), 0, w)
-        y0 = np.clip(np.floor(tiles.y.to_numpy() * sy).astype(np.int64), 0, h)
-        x1 = np.clip(np.ceil((tiles.x + tiles.tile_extent_x).to_numpy() * sx).astype(np.int64), 0, w)
-        y1 = np.clip(np.ceil((tiles.y + tiles.tile_extent_y).to_numpy() * sy).astype(np.int64), 0, h)
+        sx = float(tile_mpp[0]) / tmx
+        sy = float(tile_mpp[1]) / tmy
+        x0 = np.clip(np.floor(tile_x * sx).astype(np.int64), 0, w)
+        y0 = np.clip(np.floor(tile_y * sy).astype(np.int64), 0, h)
+        x1 = np.clip(np.ceil((tile_x + tile_extent[0]) * sx).astype(np.int64), 0, w)
+        y1 = np.clip(np.ceil((tile_y + tile_extent[1]) * sy).astype(np.int64), 0, h)
         diff = np.zeros((h + 1, w + 1), np.int64)
         np.add.at(diff, (y0, x0), 1)
         np.add.at(diff, (y0, x1), -1)
@@ -120,11 +127,3 @@ def qc_thumbnail(
         resampled = _resample_nearest(m, mmpp, (h, w), (tmx, tmy)) == 255
         img[outline(resampled)] = MASK_COLOUR
     return img
-
-
-def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
-    """Write (h, w, 3) uint8 as PNG."""
-    import imagecodecs
-
-    with open(path, "wb") as fh:
-        fh.write(imagecodecs.png_encode(np.ascontiguousarray(image)))

@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+
+from mask_first.ids import row_hash
 
 __all__ = [
     "SlideError",
@@ -625,8 +626,6 @@ def slide_row(
             "level_count": slide.level_count,
             "vendor": slide.vendor,
         }
-    from mask_first.tiling.utils import row_hash  # tiling imports this module
-
     row["id"] = row_hash(
         {k: row[k] for k in ("path", "level", "tile_extent_x", "tile_extent_y", "stride_x", "stride_y")}
         | {"mpp_x": lmx, "mpp_y": lmy}
@@ -642,7 +641,7 @@ def read_slides(
     tile_extent,
     stride,
     mpp_override: float | None | Sequence[float | None] = None,
-) -> pd.DataFrame:
+) -> "pandas.DataFrame":
     """The slide table: one row per slide with the level to tile and its geometry.
 
     Parameters
@@ -692,4 +691,6 @@ def read_slides(
         "id", "path", "level", "downsample", "extent_x", "extent_y", "tile_extent_x", "tile_extent_y",
         "stride_x", "stride_y", "mpp_x", "mpp_y", "level0_mpp_x", "level0_mpp_y", "level_count", "vendor",
     ]  # fmt: skip
+    import pandas as pd
+
     return pd.DataFrame(rows, columns=columns)

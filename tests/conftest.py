@@ -68,7 +68,7 @@ SMALL_CONFIG = {
     "tiling": {"mpp": 1.0, "level": None, "tile_extent": 128, "stride": 128, "last": "keep"},
     "filter": {"method": "mask", "tissue_threshold": 0.5, "tissue_value": 255, "pixel_std_threshold": 8.0},
     "pixels": {"enabled": True, "encoding": "raw", "jpeg_quality": 90, "row_group_tiles": 16},
-    "heatmap": {"enabled": True, "predictions": "results/retained/{slide}.parquet", "columns": ["fraction_255"],
+    "heatmap": {"predictions": "results/retained/{slide}.parquet", "columns": ["fraction_255"],
                 "aggregation": "mean", "storage": "memmap"},
     "qc": {"size": 512},
 }
@@ -118,3 +118,12 @@ def write_sheet(path: Path, rows: list[dict]) -> Path:
 
     pd.DataFrame(rows).to_csv(path, sep="\t", index=False)
     return path
+
+
+def mask_of(workdir: Path, slide_id: str) -> Path:
+    """The mask overlay a run used for a slide, as the cohort slide table names it."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(workdir / "results/slides.parquet", columns=["slide_id", "mask_path"]).to_pydict()
+    path = Path(table["mask_path"][table["slide_id"].index(slide_id)])
+    return path if path.is_absolute() else workdir / path

@@ -1,6 +1,10 @@
-"""Tissue masks, mask overlays and assembly of tile predictions into masks."""
+"""The seed API's ``masks`` import path, kept for its readers.
 
-from mask_first.masks.mask_builders import (
+Tissue detection and overlays live in :mod:`mask_first.tissue`, the
+MaskBuilder in :mod:`mask_first.assembly`; these are the same objects.
+"""
+
+from mask_first.assembly import (
     Aggregator,
     InMemoryStorage,
     MaskBuilder,
@@ -11,10 +15,11 @@ from mask_first.masks.mask_builders import (
     Storage,
     mask_geometry,
 )
-from mask_first.masks.overlay import check_mask_alignment, read_mask_overlay, write_mask_overlay
-from mask_first.masks.tissue import tissue_mask, tissue_mask_with_info
+from mask_first.masks import mask_builders
+from mask_first.tissue import check_mask_alignment, read_mask_overlay, tissue_mask, tissue_mask_with_info, write_mask_overlay
 
 __all__ = [
+    "mask_builders",
     "tissue_mask",
     "tissue_mask_with_info",
     "write_mask_overlay",

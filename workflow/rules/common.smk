@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mask_first.tiling.utils import row_hash
+from mask_first.ids import row_hash
 
 SHEET_COLUMNS = ["slide_id", "path", "mpp", "mask", "tissue_method"]
 
@@ -18,7 +18,7 @@ def _fail(msg):
 def _demo_sheet():
     from mask_first.synthetic import demo_cohort_specs
 
-    specs = {s["slide_id"]: s for s in demo_cohort_specs(large_size=config.get("demo", {}).get("large_size", 20480))}
+    specs = {s["slide_id"]: s for s in demo_cohort_specs(large_size=config["demo"]["large_size"])}
     sheet = pd.DataFrame(
         {"slide_id": list(specs), "path": [f"resources/demo/{sid}.tiff" for sid in specs]}
     )
@@ -89,9 +89,34 @@ def load_samples():
 
 SAMPLES, DEMO_SPECS = load_samples()
 SLIDES = list(SAMPLES.index)
-# one plain dict per slide, built once: the input functions below run for every
-# job, and a pandas .loc per call dominated the DAG building of large cohorts
-SAMPLE_ROWS = SAMPLES.to_dict("index")
+
+
+def _mask_key(row):
+    """Cache key of a generated mask: everything the mask depends on, nothing else."""
+    return row_hash(
+        {
+            "path": row["path"],
+            "mpp_override": row["mpp"],
+            "mask_mpp": config["mask"]["mpp"],
+            "method": row["tissue_method"] or config["mask"]["method"],
+            "params": config["mask"]["params"],
+        }
+    )
+
+
+def _slide_entry(row):
+    """Everything the rules need of one slide, computed once: input functions then
+    cost a dict look-up per job, which keeps 10,000-slide DAGs quick to build."""
+    mpp = None if row["mpp"] is None else float(row["mpp"])
+    method = row["tissue_method"] or config["mask"]["method"]
+    key = None if row["mask"] else _mask_key(row)
+    mask = row["mask"] or f"results/masks/{row['slide_id']}/{key}.tiff"
+    return {"path": row["path"], "mpp_override": mpp, "tissue_method": method, "mask": mask,
+            "mask_key": key}
+
+
+SLIDE = {sid: _slide_entry(row) for sid, row in SAMPLES.to_dict("index").items()}
+USES_MASK = config["filter"]["method"] == "mask"
 
 
 wildcard_constraints:
@@ -100,150 +125,62 @@ wildcard_constraints:
     key="[0-9a-f]{16}",
 
 
-# -- per-slide values -------------------------------------------------------
-
-
-def sample(wildcards):
-    return SAMPLE_ROWS[wildcards.slide]
+# -- per-slide values (input functions and params) ----------------------------
 
 
 def slide_path(wildcards):
-    return sample(wildcards)["path"]
+    return SLIDE[wildcards.slide]["path"]
 
 
 def mpp_override(wildcards):
-    v = sample(wildcards)["mpp"]
-    return None if v is None else float(v)
+    return SLIDE[wildcards.slide]["mpp_override"]
 
 
 def tissue_method(wildcards):
-    return sample(wildcards)["tissue_method"] or config["mask"]["method"]
+    return SLIDE[wildcards.slide]["tissue_method"]
 
 
-_MASK_KEYS = {}
+def mask_path(wildcards):
+    """The slide's mask: the user's file, or the generated one under its cache key."""
+    return SLIDE[wildcards.slide]["mask"]
 
 
-def mask_key(wildcards):
-    """Cache key of a generated mask: everything the mask depends on, nothing else."""
-    # computed once per slide (config and sheet are fixed once parsed)
-    key = _MASK_KEYS.get(wildcards.slide)
-    if key is None:
-        key = _MASK_KEYS[wildcards.slide] = row_hash(
-            {
-                "path": slide_path(wildcards),
-                "mpp_override": mpp_override(wildcards),
-                "mask_mpp": config["mask"]["mpp"],
-                "method": tissue_method(wildcards),
-                "params": config["mask"].get("params") or {},
-            }
-        )
-    return key
-
-
-def mask_source(wildcards):
-    user = sample(wildcards)["mask"]
-    if user:
-        return user
-    return f"results/masks/cache/{wildcards.slide}/{mask_key(wildcards)}.tiff"
-
-
-def uses_mask():
-    return config["filter"]["method"] == "mask"
+def user_mask(wildcards):
+    return SLIDE[wildcards.slide]["mask_key"] is None
 
 
 def filter_inputs(wildcards):
-    inputs = {"tiles": f"results/tiles/{wildcards.slide}.parquet"}
-    if uses_mask():
-        inputs["mask"] = f"results/masks/{wildcards.slide}.tiff"
-    else:
-        inputs["slide"] = slide_path(wildcards)
+    entry = SLIDE[wildcards.slide]
+    inputs = {"tiles": f"results/tiles/{wildcards.slide}.parquet", "slide": entry["path"]}
+    if USES_MASK:
+        inputs["mask"] = entry["mask"]
     return inputs
 
 
+def pixels_enabled():
+    return config["pixels"]["enabled"]
+
+
+def heatmap_enabled():
+    return bool(config["heatmap"]["predictions"])
+
+
 def step_benchmarks(slide):
-    steps = ["slide_info", "tiles", "filter_tiles"]
-    if uses_mask():
-        steps.append("mask")
-    if config["pixels"]["enabled"]:
-        steps.append("pixels")
+    """Benchmark files of a slide's jobs (wall seconds per step go into the summary)."""
+    steps = ["tiles", "filter_tiles"] + (["pixels"] if pixels_enabled() else [])
     files = [f"results/benchmarks/{s}/{slide}.tsv" for s in steps]
-    if uses_mask() and not SAMPLE_ROWS[slide]["mask"]:
-        key = mask_key(type("W", (), {"slide": slide})())
-        files.append(f"results/benchmarks/tissue_mask/{slide}-{key}.tsv")
+    key = SLIDE[slide]["mask_key"]
+    if USES_MASK and key:
+        files.append(f"results/benchmarks/tissue_mask/{slide}/{key}.tsv")
     return files
 
 
 def all_targets():
     targets = ["results/slides.parquet", "results/summary.tsv"]
     for s in SLIDES:
-        targets += [f"results/tiles/{s}.parquet", f"results/retained/{s}.parquet", f"results/qc/{s}.png"]
-        if uses_mask():
-            targets.append(f"results/masks/{s}.tiff")
-        if config["pixels"]["enabled"]:
+        targets += [f"results/retained/{s}.parquet", f"results/qc/{s}.png"]
+        if pixels_enabled():
             targets.append(f"results/pixels/{s}.parquet")
-        if config.get("heatmap", {}).get("enabled", False):
+        if heatmap_enabled():
             targets += [f"results/heatmaps/{s}.tiff", f"results/heatmaps/{s}.png"]
     return targets
-
-
-def heatmap_columns():
-    """Prediction columns to assemble; the built-in default follows the filter method."""
-    hm = config.get("heatmap", {})
-    columns = list(hm.get("columns", ["fraction_255"]))
-    own_table = hm.get("predictions", "").startswith("results/retained/")
-    if own_table and not uses_mask() and columns == ["fraction_255"]:
-        return ["pixel_std"]  # the mask-free filter has no mask fractions, only the pixel std
-    return columns
-
-
-# -- DAG-building speed for large cohorts ------------------------------------
-# Neither block changes a job, a param or a rerun decision; together they take
-# `snakemake -n --quiet` on 10,000 slides (80,003 jobs) from 104 to 49 s CPU
-# (benchmarks/bench_scale.py).
-import atexit
-import gc
-
-# Snakemake keeps every job object alive until it exits, so the collector's full
-# passes over that growing heap (18 of them for 80,000 jobs, and one more at
-# interpreter exit) cost about a third of a large dry run. Young collections still
-# reclaim short-lived cycles; what is left at exit is freed by the OS.
-gc.set_threshold(100_000, 50, 100)
-atexit.register(gc.freeze)
-
-
-def _check_each_script_once():
-    """Snakemake 9 re-reads a rule's script for *every* job only to check that it
-    exists (dag.ScriptProcessor), parsing its path with smart_open, which builds
-    a namedtuple class per call: ~40 % of what is left. A script whose path
-    has no {wildcards}/{params} is the same file for all jobs of its rule, so it
-    is checked once per rule (a missing script still fails the same way). A
-    no-op when Snakemake's internals differ."""
-    import functools
-
-    try:
-        import snakemake.dag as smdag
-        import snakemake.sourcecache as smsc
-
-        original, parse_uri = smdag.ScriptProcessor.process_job, smsc.parse_uri
-    except (ImportError, AttributeError):
-        return
-    if getattr(original, "_mask_first_once", False):
-        return
-    checked = set()
-
-    @functools.wraps(original)
-    def process_job(self, job, *args, **kwargs):
-        entry = getattr(job.rule, getattr(self, "script_type", ""), None)
-        if entry is None or "{" in str(entry):
-            return original(self, job, *args, **kwargs)
-        key = (self.script_type, job.rule.name, str(entry))
-        if key not in checked:
-            original(self, job, *args, **kwargs)
-            checked.add(key)
-
-    process_job._mask_first_once = True
-    smdag.ScriptProcessor.process_job = process_job
-    smsc.parse_uri = functools.lru_cache(maxsize=1024)(parse_uri)
-
-
-_check_each_script_once()

@@ -1,4 +1,5 @@
-# Per-tile predictions assembled back into slide-aligned heatmaps (MaskBuilder).
+# Per-tile predictions assembled back into slide-aligned heatmaps (MaskBuilder);
+# only when `heatmap.predictions` names a table.
 
 
 rule heatmap:
@@ -14,10 +15,10 @@ rule heatmap:
             labels={"slide": "{slide}"},
         ),
     params:
-        columns=heatmap_columns(),
-        aggregation=config.get("heatmap", {}).get("aggregation", "mean"),
-        storage=config.get("heatmap", {}).get("storage", "memmap"),
-        size=config.get("qc", {}).get("size", 1024),
+        columns=config["heatmap"]["columns"],
+        aggregation=config["heatmap"]["aggregation"],
+        storage=config["heatmap"]["storage"],
+        size=config["qc"]["size"],
     log:
         "results/logs/heatmap/{slide}.log",
     benchmark:

@@ -8,15 +8,15 @@ rule pixels:
     output:
         "results/pixels/{slide}.parquet",
     params:
-        encoding=config["pixels"].get("encoding", "raw"),
-        jpeg_quality=config["pixels"].get("jpeg_quality", 90),
-        row_group_tiles=config["pixels"].get("row_group_tiles", 256),
+        encoding=config["pixels"]["encoding"],
+        jpeg_quality=config["pixels"]["jpeg_quality"],
+        row_group_tiles=config["pixels"]["row_group_tiles"],
         mpp_override=mpp_override,
     log:
         "results/logs/pixels/{slide}.log",
     benchmark:
         "results/benchmarks/pixels/{slide}.tsv"
-    threads: config.get("threads", 2)
+    threads: config["threads"]
     resources:
         mem_mb=1500,
         runtime=60,

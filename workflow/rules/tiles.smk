@@ -1,13 +1,20 @@
-# Tile grid, then each tile's mask coverage and the retained tiles.
+# The slide's row of the slide table and its tile grid, then each tile's mask
+# coverage, the retained tiles and the QC picture.
 
 
 rule tiles:
     input:
-        "results/slides/{slide}.parquet",
+        slide=slide_path,
     output:
-        "results/tiles/{slide}.parquet",
+        info="results/slides/{slide}.parquet",
+        tiles="results/tiles/{slide}.parquet",
     params:
-        last=config["tiling"].get("last", "keep"),
+        mpp=config["tiling"]["mpp"],
+        level=config["tiling"]["level"],
+        tile_extent=config["tiling"]["tile_extent"],
+        stride=config["tiling"]["stride"],
+        last=config["tiling"]["last"],
+        mpp_override=mpp_override,
     log:
         "results/logs/tiles/{slide}.log",
     benchmark:
@@ -26,15 +33,23 @@ rule filter_tiles:
     input:
         unpack(filter_inputs),
     output:
-        "results/retained/{slide}.parquet",
+        retained="results/retained/{slide}.parquet",
+        qc=report(
+            "results/qc/{slide}.png",
+            caption="../report/qc.rst",
+            category="QC",
+            labels={"slide": "{slide}"},
+        ),
     params:
         method=config["filter"]["method"],
         threshold=(
             config["filter"]["tissue_threshold"]
-            if config["filter"]["method"] == "mask"
-            else config["filter"].get("pixel_std_threshold", 8.0)
+            if USES_MASK
+            else config["filter"]["pixel_std_threshold"]
         ),
-        value=config["filter"].get("tissue_value", 255),
+        value=config["filter"]["tissue_value"],
+        user_mask=user_mask,
+        qc_size=config["qc"]["size"],
         mpp_override=mpp_override,
     log:
         "results/logs/filter_tiles/{slide}.log",
@@ -42,7 +57,7 @@ rule filter_tiles:
         "results/benchmarks/filter_tiles/{slide}.tsv"
     group:
         "slide"
-    threads: 1 if config["filter"]["method"] == "mask" else config.get("threads", 2)
+    threads: 1 if USES_MASK else config["threads"]
     resources:
         mem_mb=1000,
         runtime=10,

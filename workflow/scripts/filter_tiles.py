@@ -1,9 +1,6 @@
-from mask_first.pipeline import filter_tiles_by_mask, filter_tiles_by_pixel_std, run_step
+from mask_first.pipeline import filter_tiles, run_step
 
-p, i = snakemake.params, snakemake.input
-if p.method == "mask":
-    run_step(snakemake.wildcards.slide, snakemake.log[0], filter_tiles_by_mask, i.tiles, i.mask,
-             snakemake.output[0], threshold=p.threshold, value=p.value)
-else:
-    run_step(snakemake.wildcards.slide, snakemake.log[0], filter_tiles_by_pixel_std, i.tiles, i.slide,
-             snakemake.output[0], threshold=p.threshold, threads=snakemake.threads, mpp_override=p.mpp_override)
+i, p, o = snakemake.input, snakemake.params, snakemake.output
+run_step(snakemake.wildcards.slide, snakemake.log[0], filter_tiles, i.tiles, i.slide, o.retained, o.qc,
+         method=p.method, threshold=p.threshold, mask=i.get("mask"), value=p.value, user_mask=p.user_mask,
+         qc_size=p.qc_size, threads=snakemake.threads, mpp_override=p.mpp_override)

@@ -33,12 +33,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from mask_first.io import atomic_path
+from mask_first.slides import Slide, open_slide
 
 __all__ = [
     "build_pyramid",
@@ -149,10 +151,8 @@ def write_mask_overlay(
     comp_args = {"level": compression_level} if (comp and compression_level is not None) else None
     levels = build_pyramid(np.ascontiguousarray(mask), tile_size)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part")
-    try:
-        with open(tmp, "xb") as fh:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
             with tifffile.TiffWriter(fh, bigtiff=True) as tif:
                 for k, arr in enumerate(levels):
                     scale = 2**k
@@ -169,12 +169,6 @@ def write_mask_overlay(
                         software=False,
                         metadata=None,
                     )
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
@@ -295,8 +289,6 @@ def check_mask_alignment(
         One line with the mask and slide sizes in pixels and µm and the
         expected mask size.
     """
-    from mask_first.slides import Slide, open_slide
-
     if not isinstance(slide, Slide):
         with open_slide(slide, mpp_override) as opened:
             return check_mask_alignment(mask_shape, mask_mpp, opened, mask_name=mask_name)

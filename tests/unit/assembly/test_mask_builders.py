@@ -1,4 +1,4 @@
-"""Tests for mask_first.masks.mask_builders.
+"""Tests for mask_first.assembly.mask_builders.
 
 Expected values come either from hand-worked examples or from
 ``brute_force_mask`` below, an independent per-output-pixel loop written
@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mask_first.masks import mask_builders as mbm
-from mask_first.masks.mask_builders import (
+from mask_first.assembly import mask_builders as mbm
+from mask_first.assembly.mask_builders import (
     Aggregator,
     InMemoryStorage,
     MaskBuilder,

@@ -13,16 +13,16 @@ import openslide
 import pytest
 import tifffile
 
-import mask_first.masks.overlay as overlay_mod
+import mask_first.tissue.overlay as overlay_mod
 from conftest import write_pyramid_tiff
-from mask_first.masks.overlay import (
+from mask_first.tissue.overlay import (
     build_pyramid,
     check_mask_alignment,
     mode_downsample_2x2,
     read_mask_overlay,
     write_mask_overlay,
 )
-from mask_first.masks.tissue import tissue_mask_with_info
+from mask_first.tissue.detection import tissue_mask_with_info
 from mask_first.slides import open_slide
 
 
@@ -216,7 +216,7 @@ def test_temporary_name_is_hidden_and_in_the_same_directory(tmp_path, monkeypatc
     path = write_mask_overlay(tmp_path / "m.tiff", _mask(50, 60), 8.0)
     (src, dst), = seen
     assert dst == path and src.parent == path.parent
-    assert src.name.startswith(".m.tiff.") and src.name.endswith(".part")
+    assert src.name.startswith(".m.tiff.tmp") and src.name != path.name
 
 
 # ---------------------------------------------------------------------------

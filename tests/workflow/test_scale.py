@@ -19,14 +19,13 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import SNAKEFILE, run_workflow
-from mask_first.masks.heatmaps import read_heatmap_tiff
-from mask_first.masks.overlay import read_mask_overlay
+from conftest import SNAKEFILE, mask_of, run_workflow
+from mask_first.tissue.overlay import read_mask_overlay
 
 pytestmark = pytest.mark.slow
 
-#: rules that run once per slide with the default config (mask filter, pixels and heatmaps on)
-PER_SLIDE_RULES = ("slide_info", "tissue_mask", "mask", "tiles", "filter_tiles", "pixels", "qc", "heatmap")
+#: rules that run once per slide with the default config (mask filter and pixels on, no predictions)
+PER_SLIDE_RULES = ("tissue_mask", "tiles", "filter_tiles", "pixels")
 COHORT_RULES = ("slide_table", "summary", "all")
 
 
@@ -47,9 +46,13 @@ def test_dry_run_of_10000_slides_plans_every_job(tmp_path):
 
     n = 10_000
     slide = write_synthetic_slide(tmp_path / "slide.tiff", 512, 512, mpp=0.5, seed=3)
+    # 10,000 distinct files (hard links: one slide's bytes), as a real cohort has
+    (tmp_path / "cohort").mkdir()
+    for i in range(n):
+        (tmp_path / "cohort" / f"s{i:05d}.tiff").hardlink_to(slide)
     sheet = tmp_path / "slides.tsv"
-    sheet.write_text("slide_id\tpath\n" + "".join(f"s{i:05d}\t{slide}\n" for i in range(n)))
-    # `--quiet rules` keeps the 80,000 job descriptions out of the log but still prints the stats
+    sheet.write_text("slide_id\tpath\n" + "".join(f"s{i:05d}\t{tmp_path}/cohort/s{i:05d}.tiff\n" for i in range(n)))
+    # `--quiet rules` keeps the 40,000 job descriptions out of the log but still prints the stats
     proc = run_workflow(tmp_path / "work", {"samples": str(sheet)}, "-n", "--quiet", "rules", timeout=3600)
     jobs = job_stats(proc.stdout + proc.stderr)
     expected = {rule: n for rule in PER_SLIDE_RULES} | {rule: 1 for rule in COHORT_RULES}
@@ -90,23 +93,23 @@ def test_100k_slide_runs_every_step_under_2gb(tmp_path):
     assert 0 < n_kept < 0.2 * len(retained)
     assert (retained.fraction_255[retained.retained] >= 0.5).all()
 
-    mask, mmx, mmy, _ = read_mask_overlay(res / "masks/big.tiff")
+    mask, mmx, mmy, _ = read_mask_overlay(mask_of(work, "big"))
     side = math.ceil(size * mpp / 8.0)  # default mask: 8 µm/px
     assert mask.shape == (side, side) and (mmx, mmy) == (8.0, 8.0)
     assert set(np.unique(mask).tolist()) == {0, 255}
     assert 0 < np.count_nonzero(mask) < 0.2 * mask.size
 
     assert pq.ParquetFile(res / "pixels/big.parquet").metadata.num_rows == n_kept
-    heat, _, _ = read_heatmap_tiff(res / "heatmaps/big.tiff")
-    assert heat.shape == (1, n_grid, n_grid)
-    for png in (res / "qc/big.png", res / "heatmaps/big.png"):
-        assert max(imagecodecs.png_decode(png.read_bytes()).shape[:2]) == 1024  # default qc.size
+    qc = imagecodecs.png_decode((res / "qc/big.png").read_bytes())
+    assert max(qc.shape[:2]) == 1024  # default qc.size
     summary = pd.read_csv(res / "summary.tsv", sep="\t")
     assert summary.tiles_total.tolist() == [n_grid**2] and summary.tiles_retained.tolist() == [n_kept]
     assert pd.read_parquet(res / "slides.parquet").extent_x.tolist() == [size]
 
     # memory: Snakemake's benchmark files (psutil samples of the job's process tree, in MiB) ...
-    bench = {p.parent.name: pd.read_csv(p, sep="\t") for p in (res / "benchmarks").glob("*/big*.tsv")}
+    # <rule>/big.tsv, or <rule>/big/<key>.tsv for the keyed mask
+    bench = {p.relative_to(res / "benchmarks").parts[0]: pd.read_csv(p, sep="\t")
+             for p in (res / "benchmarks").rglob("*.tsv") if p.relative_to(res / "benchmarks").parts[1].startswith("big")}
     assert set(bench) == set(PER_SLIDE_RULES)
     for rule, table in bench.items():
         assert float(table.max_rss.iloc[0]) < 2000, f"{rule}: max_rss {table.max_rss.iloc[0]} MB"

@@ -1,6 +1,6 @@
 """Per-tile predictions -> slide-aligned heatmap TIFF and a QC picture.
 
-The heatmap is assembled with :class:`~mask_first.masks.mask_builders.MaskBuilder`
+The heatmap is assembled with :class:`~mask_first.assembly.mask_builders.MaskBuilder`
 from scalar per-tile values (one column per channel). One heatmap pixel is one
 mask cell of the builder, ``gcd(tile, stride)`` pixels of the tiled slide level,
 so its resolution in µm/px is exact and written into the TIFF resolution tags:
@@ -16,14 +16,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+
+from mask_first.assembly.mask_builders import MaskBuilder, MaxAggregator, MeanAggregator
+from mask_first.io import atomic_path, write_png
 
 __all__ = ["assemble_heatmap", "build_heatmap", "write_heatmap_tiff", "read_heatmap_tiff", "colourise"]
 
 
 def build_heatmap(
-    predictions: pd.DataFrame,
-    info: pd.Series,
+    predictions: "pandas.DataFrame",
+    info: "pandas.Series",
     columns: Sequence[str],
     *,
     storage: str = "inmemory",
@@ -49,8 +51,6 @@ def build_heatmap(
     (ndarray of float32, shape (C, H, W), (mpp_x, mpp_y))
         The heatmap, NaN where no tile contributed, and its resolution in µm/px.
     """
-    from mask_first.masks.mask_builders import MaskBuilder, MaxAggregator, MeanAggregator
-
     missing = [c for c in ["x", "y", *columns] if c not in predictions.columns]
     if missing:
         raise ValueError(f"predictions table lacks column(s) {', '.join(missing)}")
@@ -117,8 +117,6 @@ def write_heatmap_tiff(
     """
     import tifffile
 
-    from mask_first.pipeline import atomic_path
-
     level = np.ascontiguousarray(np.moveaxis(heat, 0, -1).astype(np.float32))
     with atomic_path(path) as tmp:
         with tifffile.TiffWriter(tmp, bigtiff=True) as tw:
@@ -174,15 +172,14 @@ def assemble_heatmap(
     """File-level step: predictions Parquet + slide-table row -> heatmap TIFF + PNG of channel 0."""
     import pyvips
 
-    from mask_first.pipeline import atomic_path
-    from mask_first.qc import write_png
+    import pandas as pd
 
     info = pd.read_parquet(slide_info).iloc[0]
     preds = pd.read_parquet(predictions)
     heat, mpp = build_heatmap(preds, info, columns, storage=storage, aggregation=aggregation)
     write_heatmap_tiff(
         out_tiff, heat, mpp,
-        description={"generator": "mask_first.masks.heatmaps", "columns": list(columns), "aggregation": aggregation,
+        description={"generator": "mask_first.assembly.heatmaps", "columns": list(columns), "aggregation": aggregation,
                      "slide_id": str(info.slide_id), "mpp": list(mpp), "source": Path(predictions).name},
     )
     finite = heat[0][np.isfinite(heat[0])]
@@ -192,5 +189,4 @@ def assemble_heatmap(
     img = pyvips.Image.new_from_array(rgb)
     if scale != 1:
         img = img.resize(scale, kernel="nearest")
-    with atomic_path(out_png) as tmp:
-        write_png(tmp, img.numpy())
+    write_png(out_png, img.numpy())

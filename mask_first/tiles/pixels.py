@@ -12,8 +12,8 @@ import os
 from collections.abc import Iterator
 
 import numpy as np
-import pandas as pd
 
+from mask_first.io import as_table, atomic_path
 from mask_first.slides import Slide, open_slide
 
 __all__ = [
@@ -169,7 +169,7 @@ def _encode(tiles: np.ndarray, encoding: str, quality: int) -> list[bytes]:
 def write_tile_pixels(
     out_path: str | os.PathLike,
     slide_path: str | os.PathLike,
-    tiles: pd.DataFrame,
+    tiles,
     *,
     level: int,
     tile_extent_x: int,
@@ -189,7 +189,7 @@ def write_tile_pixels(
         Written to a hidden temporary sibling and renamed when complete, so an
         interrupted run never leaves a file that looks finished.
     slide_path : path-like
-    tiles : DataFrame
+    tiles : pyarrow.Table, pandas.DataFrame or mapping of column arrays
         Must have ``x`` and ``y`` columns (pixels of ``level``); every other
         column is copied into the output as metadata.
     level, tile_extent_x, tile_extent_y : int
@@ -208,20 +208,20 @@ def write_tile_pixels(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    meta = tiles.reset_index(drop=True)
-    xs, ys = _coords(meta["x"].to_numpy(), meta["y"].to_numpy())
-    columns = {
-        "tile_extent_x": tile_extent_x,
-        "tile_extent_y": tile_extent_y,
-        "level": level,
-        "encoding": encoding,
+    meta = as_table(tiles)
+    xs, ys = _coords(meta.column("x").to_numpy(), meta.column("y").to_numpy())
+    n = meta.num_rows
+    constants = {
+        "tile_extent_x": pa.scalar(tile_extent_x, pa.int64()),
+        "tile_extent_y": pa.scalar(tile_extent_y, pa.int64()),
+        "level": pa.scalar(level, pa.int64()),
+        "encoding": pa.scalar(encoding, pa.string()),
     }
-    schema = pa.Schema.from_pandas(meta.iloc[:0], preserve_index=False)
-    for name, value in columns.items():
-        if name not in schema.names:
-            schema = schema.append(pa.field(name, pa.string() if isinstance(value, str) else pa.int64()))
+    constants = {k: v for k, v in constants.items() if k not in meta.column_names}
+    schema = meta.schema
+    for name, value in constants.items():
+        schema = schema.append(pa.field(name, value.type))
     schema = schema.append(pa.field("pixels", pa.binary()))
-    from mask_first.pipeline import atomic_path  # pipeline imports this package
 
     with atomic_path(out_path) as tmp:
         writer = pq.ParquetWriter(tmp, schema, compression="zstd")
@@ -231,12 +231,11 @@ def write_tile_pixels(
 
             def flush(upto: int) -> None:
                 nonlocal pending, start
-                chunk = meta.iloc[start:upto].copy()
-                for name, value in columns.items():
-                    if name not in meta.columns:
-                        chunk[name] = value
-                chunk["pixels"] = pending
-                writer.write_table(pa.Table.from_pandas(chunk, schema=schema, preserve_index=False))
+                chunk = meta.slice(start, upto - start)
+                for name, value in constants.items():
+                    chunk = chunk.append_column(name, pa.array([value.as_py()] * (upto - start), value.type))
+                chunk = chunk.append_column("pixels", pa.array(pending, pa.binary()))
+                writer.write_table(chunk)
                 pending, start = [], upto
 
             with open_slide(slide_path, mpp_override) as slide:
@@ -248,10 +247,10 @@ def write_tile_pixels(
                     if len(pending) >= row_group_tiles:
                         flush(sl.stop)
             if pending or start == 0:
-                flush(len(meta))
+                flush(n)
         finally:
             writer.close()
-    return len(meta)
+    return n
 
 
 def load_tile_pixels(path: str | os.PathLike, columns: list[str] | None = None) -> Iterator[tuple[dict, np.ndarray]]:

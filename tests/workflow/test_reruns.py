@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import SMALL_CONFIG, planned_jobs, run_workflow, write_sheet
+from conftest import SMALL_CONFIG, mask_of, planned_jobs, run_workflow, write_sheet
 from mask_first.synthetic import write_synthetic_slide
 
 pytestmark = pytest.mark.slow
 
 BASE = SMALL_CONFIG | {"qc": {"size": 256}}
-DOWNSTREAM_OF_FILTER = {"filter_tiles", "pixels", "qc", "summary", "heatmap", "all"}
+DOWNSTREAM_OF_FILTER = {"filter_tiles", "pixels", "summary", "heatmap", "all"}
 
 
 def _with(config: dict, section: str, **values) -> dict:
@@ -50,8 +50,8 @@ def test_tiling_edit_reruns_tiles_and_below_never_masks(workdir):
     wd, base = workdir
     for edited in (_with(base, "tiling", tile_extent=64, stride=64), _with(base, "tiling", mpp=2.0)):
         jobs = planned_jobs(wd, edited)
-        assert {"slide_info", "tiles", "filter_tiles", "pixels"} <= set(jobs)
-        assert not {"tissue_mask", "mask", "demo_slide"} & set(jobs)
+        assert {"tiles", "filter_tiles", "pixels"} <= set(jobs)
+        assert not {"tissue_mask", "demo_slide"} & set(jobs)
     masks = _mtimes(wd, "results/masks/**/*.tiff")
     run_workflow(wd, _with(base, "tiling", tile_extent=64, stride=64))
     assert _mtimes(wd, "results/masks/**/*.tiff") == masks
@@ -61,27 +61,27 @@ def test_tiling_edit_reruns_tiles_and_below_never_masks(workdir):
 def test_mask_edit_reruns_everything_below_the_mask(workdir):
     wd, base = workdir
     jobs = planned_jobs(wd, _with(base, "mask", mpp=16.0))
-    assert jobs["tissue_mask"] == 2 and jobs["mask"] == 2
+    assert jobs["tissue_mask"] == 2
     assert DOWNSTREAM_OF_FILTER <= set(jobs)
-    assert "tiles" not in jobs and "slide_info" not in jobs
+    assert "tiles" not in jobs
 
 
 def test_toggling_back_to_an_earlier_mask_method_reuses_the_cached_mask(workdir):
     wd, base = workdir
     saturation = _with(base, "mask", method="saturation")
     run_workflow(wd, saturation)
-    cache = _mtimes(wd, "results/masks/cache/*/*.tiff")
-    assert len(cache) == 4  # two slides x two methods
+    cache = _mtimes(wd, "results/masks/*/*.tiff")
+    assert len(cache) == 4  # two slides x two methods, each under its own key
     jobs = planned_jobs(wd, base)
-    assert "tissue_mask" not in jobs and jobs["mask"] == 2  # the cached otsu mask is published again
+    assert "tissue_mask" not in jobs and jobs["filter_tiles"] == 2  # the filter reads the otsu mask again
     run_workflow(wd, base)
-    assert _mtimes(wd, "results/masks/cache/*/*.tiff") == cache
+    assert _mtimes(wd, "results/masks/*/*.tiff") == cache
     # and forth again: still nothing to recompute for masks
     assert "tissue_mask" not in planned_jobs(wd, saturation)
     # the published mask is the otsu one again
-    from mask_first.masks.overlay import read_mask_overlay
+    from mask_first.tissue.overlay import read_mask_overlay
 
-    assert read_mask_overlay(wd / "results/masks/a.tiff")[3]["method"] == "otsu"
+    assert read_mask_overlay(mask_of(wd, "a"))[3]["method"] == "otsu"
 
 
 def test_disabling_pixels_removes_only_that_target(workdir):

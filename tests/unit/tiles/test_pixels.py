@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from conftest import MPP_OVERRIDES
-from mask_first.tiling import (
+from mask_first.tiles import (
     grid_tiles,
     iter_slide_tiles,
     load_tile_pixels,

@@ -10,12 +10,12 @@ import openslide
 import pandas as pd
 import pytest
 
-from conftest import SHARED_SLIDES, SMALL_CONFIG, planned_jobs, run_workflow, write_sheet
-from mask_first.masks.heatmaps import read_heatmap_tiff
-from mask_first.masks.overlay import read_mask_overlay
+from conftest import SHARED_SLIDES, SMALL_CONFIG, mask_of, planned_jobs, run_workflow, write_sheet
+from mask_first.assembly.heatmaps import read_heatmap_tiff
+from mask_first.tissue.overlay import read_mask_overlay
 from mask_first.slides import read_slides
 from mask_first.synthetic import synthetic_pen_mask, synthetic_tissue_mask, write_synthetic_slide
-from mask_first.tiling import load_tile_pixels
+from mask_first.tiles import load_tile_pixels
 
 pytestmark = pytest.mark.slow
 
@@ -69,7 +69,7 @@ def test_slide_table_matches_read_slides(cohort):
 
 def test_mask_overlay_matches_synthetic_ground_truth_and_rejects_pen(cohort):
     wd, _, _ = cohort
-    mask, mx, my, prov = read_mask_overlay(wd / "results/masks/syn.tiff")
+    mask, mx, my, prov = read_mask_overlay(mask_of(wd, "syn"))
     assert (mx, my) == (8.0, 8.0) and prov["method"] == "saturation"
     # 16 level-0 pixels of 0.5 µm per 8 µm mask pixel
     assert mask.shape == (math.ceil(1536 / 16), math.ceil(2048 / 16))
@@ -80,7 +80,7 @@ def test_mask_overlay_matches_synthetic_ground_truth_and_rejects_pen(cohort):
     assert iou > 0.85, iou
     on_glass_pen = pen & ~truth
     assert got[on_glass_pen].mean() < 0.1  # the saturation method rejects ink on glass
-    osr = openslide.OpenSlide(str(wd / "results/masks/syn.tiff"))
+    osr = openslide.OpenSlide(str(mask_of(wd, "syn")))
     assert float(osr.properties["openslide.mpp-x"]) == pytest.approx(8.0)
 
 
@@ -100,7 +100,7 @@ def test_tile_tables_are_the_full_grid(cohort):
 def test_retained_fractions_equal_brute_force_pixel_counts(cohort):
     wd, _, _ = cohort
     ret = pd.read_parquet(wd / "results/retained/syn.parquet")
-    mask, _, _, _ = read_mask_overlay(wd / "results/masks/syn.tiff")
+    mask, _, _, _ = read_mask_overlay(mask_of(wd, "syn"))
     # a 128-px tile at 1 µm/px is exactly 16 x 16 mask pixels of 8 µm
     padded = np.zeros((mask.shape[0] + 16, mask.shape[1] + 16), bool)
     padded[: mask.shape[0], : mask.shape[1]] = mask == 255
@@ -138,11 +138,11 @@ def test_summary_counts_and_tissue_area(cohort):
     summary = pd.read_csv(wd / "results/summary.tsv", sep="\t").set_index("slide_id")
     for sid in _ids(cohort):
         ret = pd.read_parquet(wd / f"results/retained/{sid}.parquet")
-        mask, mx, my, _ = read_mask_overlay(wd / f"results/masks/{sid}.tiff")
+        mask, mx, my, _ = read_mask_overlay(mask_of(wd, sid))
         row = summary.loc[sid]
         assert (row.tiles_total, row.tiles_retained) == (len(ret), ret.retained.sum())
         assert row.tissue_area_mm2 == pytest.approx((mask == 255).sum() * mx * my / 1e6, rel=1e-5)
-        for step in ("slide_info", "tiles", "filter_tiles", "pixels", "tissue_mask"):
+        for step in ("tiles", "filter_tiles", "pixels", "tissue_mask"):
             assert row[f"seconds_{step}"] > 0
 
 
@@ -174,7 +174,8 @@ def test_qc_picture_shows_mask_outline_and_retained_tiles(cohort):
 def test_pixel_std_filter_decodes_every_tile_without_masks(tmp_path):
     syn = write_synthetic_slide(tmp_path / "syn.tiff", **SYN)
     sheet = write_sheet(tmp_path / "slides.tsv", [{"slide_id": "syn", "path": str(syn)}])
-    config = CONFIG | {"samples": str(sheet), "filter": CONFIG["filter"] | {"method": "pixel_std"}}
+    config = CONFIG | {"samples": str(sheet), "filter": CONFIG["filter"] | {"method": "pixel_std"},
+                       "heatmap": CONFIG["heatmap"] | {"columns": ["pixel_std"]}}
     assert "tissue_mask" not in planned_jobs(tmp_path, config)
     run_workflow(tmp_path, config)
     ret = pd.read_parquet(tmp_path / "results/retained/syn.parquet")
@@ -190,6 +191,21 @@ def test_default_config_dry_run_plans_the_demo_cohort(tmp_path):
     jobs = planned_jobs(tmp_path, {})
     assert jobs["demo_slide"] == 3 and jobs["tissue_mask"] == 3 and jobs["pixels"] == 3
     assert jobs["summary"] == 1 and jobs["slide_table"] == 1
+    assert "heatmap" not in jobs  # no predictions configured
+
+
+def test_default_config_costs_at_most_four_jobs_per_slide(tmp_path):
+    """A 3-slide sheet against a 1-slide sheet: the difference is the per-slide job count."""
+    syn = write_synthetic_slide(tmp_path / "syn.tiff", 1024, 768, seed=3)
+    totals = []
+    for n in (1, 3):
+        wd = tmp_path / f"n{n}"
+        sheet = write_sheet(tmp_path / f"sheet{n}.tsv", [{"slide_id": f"s{k}", "path": str(syn)} for k in range(n)])
+        jobs = planned_jobs(wd, {"samples": str(sheet)})
+        totals.append(sum(jobs.values()))
+        assert jobs["slide_table"] == jobs["summary"] == 1
+    per_slide = (totals[1] - totals[0]) / 2
+    assert per_slide == 4, totals  # tissue_mask, tiles, filter_tiles, pixels
 
 
 def test_report_contains_qc_images_and_summary(cohort, tmp_path):

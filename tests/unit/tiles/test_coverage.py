@@ -6,7 +6,7 @@ import shapely
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mask_first.tiling.overlap import overlap_fractions, summed_area_table
+from mask_first.tiles.coverage import overlap_fractions, summed_area_table
 
 
 def _supersampled_coverage(mask, mask_mpp, x0, y0, w, h, slide_mpp, ss=16, inside=None):

@@ -25,7 +25,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["overlap_fractions", "tile_overlay_overlap", "summed_area_table"]
+from mask_first.tissue.overlay import read_mask_overlay
+
+__all__ = ["overlap_fractions", "tile_overlay_overlap", "summed_area_table", "retain"]
 
 #: tiles processed per chunk, to keep temporaries around tens of MB
 _CHUNK = 1 << 18
@@ -257,7 +259,29 @@ def tile_overlay_overlap(
     :func:`overlap_fractions` (see there for the parameters and the result).
     No RGB pixel of the slide is decoded.
     """
-    from mask_first.masks.overlay import read_mask_overlay
-
     mask, mmx, mmy, _ = read_mask_overlay(overlay_path)
     return overlap_fractions(mask, (mmx, mmy), roi, tile_x, tile_y, mpp_x, mpp_y)
+
+
+def retain(fractions: dict[str, np.ndarray], value: int, threshold: float) -> np.ndarray:
+    """The keep rule: tiles whose fraction of mask label ``value`` is at least ``threshold``.
+
+    Parameters
+    ----------
+    fractions : dict of str to ndarray, shape (N,)
+        Per-label fractions from :func:`overlap_fractions`.
+    value : int
+        The mask label that counts (255 = tissue).
+    threshold : float
+        Minimum fraction in [0, 1]; a tile exactly at the threshold is kept.
+
+    Returns
+    -------
+    ndarray of bool, shape (N,)
+        All False when the mask has no pixel of ``value``.
+    """
+    n = len(next(iter(fractions.values()))) if fractions else 0
+    frac = fractions.get(str(value))
+    if frac is None:
+        return np.zeros(n, bool)
+    return np.asarray(frac) >= threshold

@@ -1,9 +1,10 @@
+import os
 import subprocess
 import sys
 
 import numpy as np
 
-from mask_first.tiling.utils import row_hash
+from mask_first.ids import row_hash
 
 
 def test_row_hash_ignores_int_types_and_key_order():
@@ -18,11 +19,15 @@ def test_row_hash_differs_when_a_parameter_differs():
     assert row_hash(base) != row_hash(base | {"path": "b.svs"})
 
 
+def _pythonpath() -> dict[str, str]:
+    return {"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {}
+
+
 def test_row_hash_is_stable_across_processes_with_hash_randomisation():
-    code = "from mask_first.tiling.utils import row_hash; print(row_hash({'path': 'x.tif', 'level': 2, 'mpp': 0.25}))"
+    code = "from mask_first.ids import row_hash; print(row_hash({'path': 'x.tif', 'level': 2, 'mpp': 0.25}))"
     outs = {
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                       env={"PYTHONHASHSEED": seed, "PATH": ""}).stdout.strip()
+                       env={"PYTHONHASHSEED": seed, "PATH": "", **_pythonpath()}).stdout.strip()
         for seed in ("1", "2", "3")
     }
     assert outs == {row_hash({"path": "x.tif", "level": 2, "mpp": 0.25})}

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import REPO, write_sheet  # noqa: E402
+from conftest import REPO, mask_of, write_sheet  # noqa: E402
 from slurm_cluster import profile_overrides_for, run_snakemake_with_profile, slurm_available, slurm_cluster  # noqa: E402
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -26,9 +26,9 @@ def test_real_workflow_runs_on_slurm_and_second_run_has_nothing_to_do(tmp_path: 
     ok, reason = slurm_available()
     if not ok:
         pytest.skip(f"SLURM integration test skipped: {reason}")
-    from mask_first.masks.overlay import read_mask_overlay
+    from mask_first.tissue.overlay import read_mask_overlay
     from mask_first.synthetic import write_synthetic_slide
-    from mask_first.tiling import load_tile_pixels
+    from mask_first.tiles import load_tile_pixels
 
     wd = tmp_path / "run"
     wd.mkdir()
@@ -39,6 +39,7 @@ def test_real_workflow_runs_on_slurm_and_second_run_has_nothing_to_do(tmp_path: 
         "samples": str(sheet),
         "tiling": {"mpp": 1.0, "level": None, "tile_extent": 128, "stride": 128, "last": "keep"},
         "qc": {"size": 256},
+        "heatmap": {"predictions": "results/retained/{slide}.parquet"},
     }))
     with slurm_cluster(tmp_path / "cluster") as cluster:
         args, env = profile_overrides_for(cluster)
@@ -53,13 +54,13 @@ def test_real_workflow_runs_on_slurm_and_second_run_has_nothing_to_do(tmp_path: 
     job_ids = {r["JobId"] for r in records if r.get("JobState") == "COMPLETED"}
     assert job_ids, "no completed SLURM job in slurmctld's job-completion log"
     assert "group_slide" in first.stdout or any("group" in r.get("Name", "") for r in records)
-    assert len(job_ids) < 20  # 2 slides x 10 rules would be 20+ jobs without grouping
+    assert len(job_ids) < 10  # 2 slides x 5 per-slide rules would be 10 jobs without grouping
     # every output, with content checked
     for sid in slides:
         tiles = pd.read_parquet(wd / f"results/tiles/{sid}.parquet")
         assert len(tiles) == math.ceil(1024 / 128) * math.ceil(768 / 128)
         ret = pd.read_parquet(wd / f"results/retained/{sid}.parquet")
-        mask, mx, my, _ = read_mask_overlay(wd / f"results/masks/{sid}.tiff")
+        mask, mx, my, _ = read_mask_overlay(mask_of(wd, sid))
         # 128 px at 1 µm/px = 16 mask pixels of 8 µm: brute-force coverage of a few tiles
         for t in ret.iloc[::7].itertuples():
             block = mask[t.y // 8 : t.y // 8 + 16, t.x // 8 : t.x // 8 + 16] == 255

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import mask_first.masks.tissue as tissue_mod
+import mask_first.tissue.detection as tissue_mod
 from conftest import MPP_OVERRIDES, write_pyramid_tiff
-from mask_first.masks.tissue import (
+from mask_first.tissue.detection import (
     default_params,
     mask_shape,
     multi_otsu_thresholds,

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mask_first.masks.heatmaps import build_heatmap, colourise, read_heatmap_tiff, write_heatmap_tiff
-from mask_first.tiling import grid_tiles
+from mask_first.assembly.heatmaps import build_heatmap, colourise, read_heatmap_tiff, write_heatmap_tiff
+from mask_first.tiles import grid_tiles
 
 
 def _info(**kw):

@@ -1,7 +1,6 @@
 """QC pictures: outline and tile overlay positions against brute force."""
 
 import numpy as np
-import pandas as pd
 
 from mask_first.qc import outline, qc_thumbnail, thumbnail
 from mask_first.slides import open_slide
@@ -28,11 +27,9 @@ def test_thumbnail_size_and_resolution(small_tiff):
 
 
 def test_retained_tiles_are_tinted_exactly_where_they_are(small_tiff):
-    tiles = pd.DataFrame({"x": [0, 200], "y": [0, 100], "tile_extent_x": 100, "tile_extent_y": 100,
-                          "mpp_x": 1.0, "mpp_y": 1.0})
     with open_slide(small_tiff) as s:
         base, _, _ = thumbnail(s, size=350)
-        img = qc_thumbnail(s, tiles, size=350)
+        img = qc_thumbnail(s, np.array([0, 200]), np.array([0, 100]), (100, 100), (1.0, 1.0), size=350)
     changed = (img != base).any(axis=2)
     expected = np.zeros(changed.shape, bool)
     expected[0:100, 0:100] = True  # thumbnail is 1 µm/px: tile pixels map 1:1

@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mask_first.tiling import grid_shape, grid_tiles
+from mask_first.tiles import grid_shape, grid_tiles
 
 
 def test_seed_example_keep_gives_nine_tiles_x_fastest():

@@ -14,10 +14,12 @@ per-slide job loads pandas (about 0.6 s) -- only the cohort steps do.
 
 from __future__ import annotations
 
+import importlib.abc
 import logging
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,34 @@ __all__ = [
 STATS_KEY = b"mask_first.stats"
 
 
+class _PandasBlocker(importlib.abc.MetaPathFinder):
+    """Refuses ``import pandas`` while a per-slide step runs.
+
+    pyarrow imports pandas (~0.6 s, twice what the rest of a lean job costs) the
+    first time it converts anything, only to ask whether the input is a pandas
+    object. When the import fails it records "no pandas" and carries on, which
+    is all a per-slide step needs: its tables are built from numpy arrays.
+    """
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "pandas" or name.startswith("pandas."):
+            raise ImportError(f"mask-first: per-slide steps do not load pandas ({name})")
+        return None
+
+
+@contextmanager
+def _without_pandas(enabled: bool) -> Iterator[None]:
+    if not enabled or "pandas" in sys.modules:
+        yield
+        return
+    blocker = _PandasBlocker()
+    sys.meta_path.insert(0, blocker)
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(blocker)
+
+
 def run_step(slide_id: str | None, log_path: str | None, func: Callable, /, *args, **kwargs) -> Any:
     """Run one workflow step with logging and a one-line error that names the slide.
 
@@ -49,6 +79,9 @@ def run_step(slide_id: str | None, log_path: str | None, func: Callable, /, *arg
     ``mask-first: slide <id>: <cause>`` on stderr and in the log, then the
     process exits with status 1, so Snakemake marks only this job failed and
     ``--keep-going`` carries on with the other slides.
+
+    Per-slide steps (``slide_id`` given) run without pandas unless ``func``
+    has a true ``needs_pandas`` attribute (see :class:`_PandasBlocker`).
     """
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_path:
@@ -58,7 +91,8 @@ def run_step(slide_id: str | None, log_path: str | None, func: Callable, /, *arg
     where = f"slide {slide_id}" if slide_id else func.__name__
     t0 = time.perf_counter()
     try:
-        result = func(*args, **kwargs)
+        with _without_pandas(slide_id is not None and not getattr(func, "needs_pandas", False)):
+            result = func(*args, **kwargs)
     except (ValueError, FileNotFoundError) as exc:  # SlideError is a ValueError
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         log.error("mask-first: %s: %s", where, msg)

@@ -106,7 +106,7 @@ def qc_thumbnail(
         y0 = np.clip(np.floor(tile_y * sy).astype(np.int64), 0, h)
         x1 = np.clip(np.ceil((tile_x + tile_extent[0]) * sx).astype(np.int64), 0, w)
         y1 = np.clip(np.ceil((tile_y + tile_extent[1]) * sy).astype(np.int64), 0, h)
-        diff = np.zeros((h + 1, w + 1), np.int64)
+        diff = np.zeros((h + 1, w + 1), np.int32)
         np.add.at(diff, (y0, x0), 1)
         np.add.at(diff, (y0, x1), -1)
         np.add.at(diff, (y1, x0), -1)
@@ -119,8 +119,8 @@ def qc_thumbnail(
         rows[y0] = True
         grid |= cols[None, :w]
         grid |= rows[:h, None]
-        tint = covered[..., None]
-        img = np.where(tint, (0.75 * img + 0.25 * TILE_COLOUR).astype(np.uint8), img)
+        # 3/4 slide, 1/4 tile colour, in integers and only where tiles are
+        img[covered] = (3 * img[covered].astype(np.uint16) + TILE_COLOUR) // 4
         img[covered & grid] = TILE_COLOUR
     if mask is not None:
         m, mmpp = mask

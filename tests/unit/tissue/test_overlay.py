@@ -285,7 +285,7 @@ def test_check_mask_alignment(slide_path):
 
 
 def test_generated_mask_round_trip_aligns_with_its_slide(slide_path, tmp_path):
-    res = tissue_mask_with_info(slide_path, 8.0)
+    res = tissue_mask_with_info(slide_path, 8.0, "otsu")
     path = write_mask_overlay(tmp_path / "mask.tiff", res.mask, res.mpp, provenance=res.provenance())
     mask, mx, my, prov = read_mask_overlay(path)
     np.testing.assert_array_equal(mask, res.mask)

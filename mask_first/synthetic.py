@@ -98,7 +98,20 @@ _OD_HEMATOXYLIN = np.array([0.65, 0.70, 0.29], np.float32)
 _OD_PEN = {
     "blue": np.array([1.67, 1.04, 0.26], np.float32),  # ~(45, 85, 185) on glass
     "green": np.array([1.57, 0.47, 0.93], np.float32),  # ~(50, 150, 95) on glass
+    "black": np.array([1.90, 1.85, 1.70], np.float32),  # ~(36, 38, 44) on glass
+    "red": np.array([0.16, 1.45, 1.05], np.float32),  # ~(205, 56, 84) on glass
 }
+#: stains (``stain=``): (counterstain unit OD, nuclear stain unit OD, density scale); "he" is
+#: the original eosin/hematoxylin scene. Giemsa / toluidine-like "blue" tissue is as blue as
+#: the blue pen (hue within a few degrees) and differs from it only by texture and shape.
+_STAINS = {
+    "he": (_OD_EOSIN, _OD_HEMATOXYLIN, 1.0),
+    "hematoxylin": (np.zeros(3, np.float32), _OD_HEMATOXYLIN, 1.0),
+    "blue": (np.array([0.55, 0.33, 0.08], np.float32), np.array([0.80, 0.50, 0.13], np.float32), 1.0),
+    "pale": (_OD_EOSIN, _OD_HEMATOXYLIN, 0.3),
+    "ihc": (np.array([0.27, 0.57, 0.78], np.float32) * 0.7, _OD_HEMATOXYLIN * 0.5, 1.0),  # DAB brown + light counterstain
+}
+_DUST_OD = np.array([0.9, 0.9, 0.85], np.float32)  # grey-black specks
 # Nuclei live on a jittered grid defined in micrometres so that their physical
 # size is right for any mpp.
 _NUCLEUS_CELL_UM = 10.0
@@ -118,7 +131,7 @@ _DEFAULT_N_REGIONS = 3
 
 # Salts for independent random streams: each scene component draws from its
 # own generator so that e.g. switching holes off does not move the regions.
-_STREAM_REGIONS, _STREAM_HOLES, _STREAM_PEN, _STREAM_COLOUR, _STREAM_GLASS = range(5)
+_STREAM_REGIONS, _STREAM_HOLES, _STREAM_PEN, _STREAM_COLOUR, _STREAM_GLASS, _STREAM_INK, _STREAM_DUST = range(7)
 
 _U64 = np.uint64
 _MASK_BLOCK = 1024  # output pixels per side of a ground-truth raster block
@@ -316,6 +329,10 @@ class _Layout:
     eosin: _WaveField
     hematoxylin: _WaveField
     density: _WaveField
+    # scene options added later; their defaults give the original scene, byte for byte
+    inks: tuple[_Pen, ...] = ()
+    dust: np.ndarray | None = None  # (N, 3) x, y, radius in level-0 px
+    stain: str = "he"
 
     # -- geometry -------------------------------------------------------------
 
@@ -337,6 +354,30 @@ class _Layout:
                     out &= ~m
         return out
 
+    def ink_coverage(self, xs: np.ndarray, ys: np.ndarray, downsample: float) -> np.ndarray | None:
+        """Optical density (ny, nx, 3) of the extra ink strokes and dust; None where there is none."""
+        box = (float(xs[0]), float(ys[0]), float(xs[-1]), float(ys[-1]))
+        od = None
+        for pen in self.inks:
+            d = pen.distance(xs, ys, box, pad=downsample)
+            if d is None:
+                continue
+            cov = np.clip((pen.half_width - d) * np.float32(1.0 / downsample) + 0.5, 0.0, 1.0)
+            if cov.any():
+                opacity = pen.streaks(xs, ys)
+                opacity += 0.9
+                cov *= opacity
+                od = (0 if od is None else od) + cov[:, :, None] * pen.od
+        if self.dust is not None:
+            for x, y, r in self.dust:
+                if x + r + downsample < box[0] or x - r - downsample > box[2] or y + r + downsample < box[1] or y - r - downsample > box[3]:
+                    continue
+                d = np.sqrt((xs[None, :] - x) ** 2 + (ys[:, None] - y) ** 2).astype(np.float32)
+                cov = np.clip((r - d) * np.float32(1.0 / downsample) + 0.5, 0.0, 1.0)
+                if cov.any():
+                    od = (0 if od is None else od) + cov[:, :, None] * _DUST_OD
+        return od
+
     def pen_distance(self, xs: np.ndarray, ys: np.ndarray, pad: float) -> np.ndarray | None:
         if self.pen is None:
             return None
@@ -350,6 +391,10 @@ class _Layout:
             boxes.extend(blob.boxes())
         if self.pen is not None:
             boxes.extend(self.pen.segment_boxes(pad))
+        for pen in self.inks:
+            boxes.extend(pen.segment_boxes(pad))
+        if self.dust is not None:
+            boxes.extend((x - r - pad, y - r - pad, x + r + pad, y + r + pad) for x, y, r in self.dust)
         return boxes
 
     def candidate_tiles(self, downsample: int, tile_size: int, nx: int, ny: int) -> np.ndarray:
@@ -388,8 +433,16 @@ def _make_layout(
     tissue_fraction: float | None = None,
     holes: bool = True,
     mpp: float = 0.5,
+    stain: str = "he",
+    inks: Sequence[str] = (),
+    dust: int = 0,
 ) -> _Layout:
     _check_kind(kind)
+    if stain not in _STAINS:
+        raise ValueError(f"stain must be one of {tuple(_STAINS)}, got {stain!r}")
+    bad = [c for c in inks if c not in _OD_PEN]
+    if bad:
+        raise ValueError(f"ink colours must be among {tuple(_OD_PEN)}, got {bad}")
     if width < 1 or height < 1:
         raise ValueError(f"width and height must be >= 1, got {width} x {height}")
     n_regions = _DEFAULT_N_REGIONS if n_regions is None else int(n_regions)
@@ -427,6 +480,9 @@ def _make_layout(
         eosin=eosin,
         hematoxylin=hematoxylin,
         density=density,
+        inks=_make_inks(width, height, seed, tuple(inks), regions),
+        dust=_make_dust(width, height, seed, int(dust), mpp),
+        stain=stain,
     )
 
 
@@ -534,6 +590,35 @@ def _make_pen(width: int, height: int, seed: int, anchor: tuple[float, float, fl
     return _Pen(np.stack([xs, ys], axis=1), float(half_width), _OD_PEN[colour], streaks)
 
 
+def _make_inks(width: int, height: int, seed: int, colours: tuple[str, ...], regions: list[_Blob]) -> tuple[_Pen, ...]:
+    """One wavy marker stroke per colour, from the glass across a tissue region and out again."""
+    rng = _rng(seed, _STREAM_INK)
+    pens = []
+    for k, colour in enumerate(colours):
+        target = regions[k % len(regions)].ellipses[0]
+        half_width = min(max(0.01 * min(width, height), 8.0), 600.0) * float(_uniform(rng, 0.7, 1.3))
+        angle = float(_uniform(rng, 0.0, math.pi))
+        length = 2.2 * max(target.a, target.b)
+        t = np.linspace(-0.5, 0.5, 41)
+        wobble = 0.08 * length * np.sin(2 * math.pi * (t * float(_uniform(rng, 0.7, 1.5)) + float(_uniform(rng, 0, 1))))
+        xs = target.cx + t * length * math.cos(angle) - wobble * math.sin(angle)
+        ys = target.cy + t * length * math.sin(angle) + wobble * math.cos(angle)
+        xs = np.clip(xs, half_width, width - half_width)
+        ys = np.clip(ys, half_width, height - half_width)
+        streaks = _WaveField.random(rng, 5, (0.5 * half_width, 8.0 * half_width), 0.12)
+        pens.append(_Pen(np.stack([xs, ys], axis=1), float(half_width), _OD_PEN[colour], streaks))
+    return tuple(pens)
+
+
+def _make_dust(width: int, height: int, seed: int, n: int, mpp: float) -> np.ndarray | None:
+    """``n`` dust specks of 5-25 µm radius anywhere on the slide: (n, 3) x, y, radius in level-0 px."""
+    if n <= 0:
+        return None
+    rng = _rng(seed, _STREAM_DUST)
+    r = _uniform(rng, 5.0, 25.0, n) / mpp
+    return np.stack([_uniform(rng, 0.0, width, n), _uniform(rng, 0.0, height, n), r], axis=1)
+
+
 # --- rendering ----------------------------------------------------------------
 
 
@@ -630,8 +715,10 @@ def _render_grid(
         pen_cov = np.clip((layout.pen.half_width - pen_dist) * np.float32(1.0 / downsample) + 0.5, 0.0, 1.0)
         if not pen_cov.any():
             pen_cov = None
-    if not has_tissue and pen_cov is None:
+    extra = layout.ink_coverage(xs, ys, float(downsample)) if (layout.inks or layout.dust is not None) else None
+    if not has_tissue and pen_cov is None and extra is None:
         return None
+    counter_od, nuclear_od, scale = _STAINS[layout.stain]
 
     od = np.zeros((ys.size, xs.size, 3), np.float32)
     if has_tissue:
@@ -645,14 +732,20 @@ def _render_grid(
         hema += _nuclei_coverage(layout, xs, ys, downsample, mpp, density) * np.float32(_NUCLEUS_OD)
         eosin *= tissue
         hema *= tissue
-        od += eosin[:, :, None] * _OD_EOSIN
-        od += hema[:, :, None] * _OD_HEMATOXYLIN
+        if layout.stain == "he":  # the original arithmetic, kept exact
+            od += eosin[:, :, None] * _OD_EOSIN
+            od += hema[:, :, None] * _OD_HEMATOXYLIN
+        else:
+            od += eosin[:, :, None] * (counter_od * np.float32(scale))
+            od += hema[:, :, None] * (nuclear_od * np.float32(scale))
     if pen_cov is not None:
         assert layout.pen is not None
         opacity = layout.pen.streaks(xs, ys)
         opacity += 0.9
         pen_cov *= opacity
         od += pen_cov[:, :, None] * layout.pen.od
+    if extra is not None:
+        od += extra
     np.negative(od, out=od)
     np.exp(od, out=od)
     od *= glass
@@ -778,8 +871,9 @@ def synthetic_pen_mask(
     pen_mark: bool | None = None,
     n_regions: int | None = None,
     tissue_fraction: float | None = None,
+    inks: Sequence[str] = (),
 ) -> np.ndarray:
-    """Ground-truth pen-ink mask of a synthetic slide.
+    """Ground-truth pen-ink mask of a synthetic slide (the pen mark and every stroke of ``inks``).
 
     A pixel is ink when its centre lies within half the stroke width of the
     stroke's centre line (the rendered ink coverage is > 0.5 there).
@@ -788,7 +882,7 @@ def synthetic_pen_mask(
     ----------
     width, height, downsample
         As for :func:`synthetic_tissue_mask` (level-0 pixels).
-    seed, kind, pen_mark, n_regions, tissue_fraction
+    seed, kind, pen_mark, n_regions, tissue_fraction, inks
         Must match the values used to write the slide.
 
     Returns
@@ -799,16 +893,22 @@ def synthetic_pen_mask(
     """
     layout = _make_layout(
         width, height, seed=seed, kind=kind, pen_mark=pen_mark, n_regions=n_regions,
-        tissue_fraction=tissue_fraction,
+        tissue_fraction=tissue_fraction, inks=inks,
     )
     pen = layout.pen
 
     def fn(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+        out = np.zeros((ys.size, xs.size), bool)
         d = layout.pen_distance(xs, ys, pad=0.0)
-        if d is None:
-            return np.zeros((ys.size, xs.size), bool)
-        assert pen is not None
-        return d < pen.half_width
+        if d is not None:
+            assert pen is not None
+            out |= d < pen.half_width
+        box = (float(xs[0]), float(ys[0]), float(xs[-1]), float(ys[-1]))
+        for stroke in layout.inks:
+            d = stroke.distance(xs, ys, box, pad=0.0)
+            if d is not None:
+                out |= d < stroke.half_width
+        return out
 
     return _raster(width, height, downsample, fn)
 
@@ -830,6 +930,9 @@ def render_synthetic_region(
     n_regions: int | None = None,
     tissue_fraction: float | None = None,
     holes: bool = True,
+    stain: str = "he",
+    inks: Sequence[str] = (),
+    dust: int = 0,
 ) -> np.ndarray:
     """Exact (pre-JPEG) pixels of a region of a synthetic slide level.
 
@@ -843,7 +946,7 @@ def render_synthetic_region(
         OpenSlide's ``read_region`` location).
     downsample
         Level downsample, e.g. ``2**L`` for pyramid level L.
-    mpp, tile_size, seed, kind, pen_mark, n_regions, tissue_fraction, holes
+    mpp, tile_size, seed, kind, pen_mark, n_regions, tissue_fraction, holes, stain, inks, dust
         Must match the values used to write the slide (``tile_size`` sets the
         period of the glass texture, ``mpp`` the nucleus scale).
 
@@ -854,7 +957,7 @@ def render_synthetic_region(
     """
     layout = _make_layout(
         width, height, seed=seed, kind=kind, pen_mark=pen_mark, n_regions=n_regions,
-        tissue_fraction=tissue_fraction, holes=holes, mpp=mpp,
+        tissue_fraction=tissue_fraction, holes=holes, mpp=mpp, stain=stain, inks=inks, dust=dust,
     )
     glass_tile = _glass_tile(tile_size, seed)
     rows = np.arange(y, y + h) % tile_size
@@ -908,6 +1011,9 @@ def write_synthetic_slide(
     n_regions: int | None = None,
     tissue_fraction: float | None = None,
     holes: bool = True,
+    stain: str = "he",
+    inks: Sequence[str] = (),
+    dust: int = 0,
     bigtiff: bool | None = None,
     workers: int | None = None,
 ) -> Path:
@@ -947,6 +1053,17 @@ def write_synthetic_slide(
         (default 0.3); use e.g. 0.02 for a mostly-glass slide.
     holes
         Cut lumina/fat holes into the regions.
+    stain
+        Tissue colours: ``"he"`` (eosin + hematoxylin), ``"hematoxylin"``
+        (nuclear stain only), ``"blue"`` (Giemsa / toluidine-like, as blue as
+        the blue pen), ``"pale"`` (H&E at 0.3 of the density), ``"ihc"`` (DAB
+        brown with a light hematoxylin counterstain).
+    inks
+        Extra marker strokes, one per colour (``"blue"``, ``"green"``,
+        ``"black"``, ``"red"``), each running from the glass across a tissue
+        region; :func:`synthetic_pen_mask` with the same ``inks`` is their truth.
+    dust
+        Number of grey-black dust specks (5-25 µm radius) anywhere on the slide.
     bigtiff
         Force (True) or forbid (False) BigTIFF; default: BigTIFF when the
         uncompressed pyramid would not fit 4 GiB offsets.
@@ -980,7 +1097,7 @@ def write_synthetic_slide(
         raise ValueError("mpp must be > 0")
     layout = _make_layout(
         width, height, seed=seed, kind=kind, pen_mark=pen_mark, n_regions=n_regions,
-        tissue_fraction=tissue_fraction, holes=holes, mpp=mpp,
+        tissue_fraction=tissue_fraction, holes=holes, mpp=mpp, stain=stain, inks=inks, dust=dust,
     )
     dims = synthetic_level_dimensions(width, height, tile_size=tile_size, n_levels=n_levels)
     if bigtiff is None:
@@ -1006,6 +1123,10 @@ def write_synthetic_slide(
             "n_regions": _DEFAULT_N_REGIONS if n_regions is None else n_regions,
             "tissue_fraction": _DEFAULT_TISSUE_FRACTION if tissue_fraction is None else tissue_fraction,
             "holes": holes,
+            # the newer scene options are named only when used, so older slides keep their bytes
+            **({"stain": stain} if stain != "he" else {}),
+            **({"inks": ",".join(inks)} if inks else {}),
+            **({"dust": int(dust)} if dust else {}),
         }
     )
 

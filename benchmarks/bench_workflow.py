@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def run_workflow(wd: Path, sheet: Path, method: str) -> float:
     cfg = wd / "bench.yaml"
-    cfg.write_text(yaml.safe_dump({"samples": str(sheet), "heatmap": {"enabled": False},
+    cfg.write_text(yaml.safe_dump({"samples": str(sheet),
                                    "filter": {"method": method, "tissue_threshold": 0.5, "pixel_std_threshold": 8.0}}))
     t0 = time.perf_counter()
     subprocess.run(["snakemake", "-s", str(REPO / "Snakefile"), "-d", str(wd), "--configfile", str(cfg),

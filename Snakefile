@@ -22,7 +22,16 @@ include: "workflow/rules/masks.smk"
 include: "workflow/rules/tiles.smk"
 include: "workflow/rules/pixels.smk"
 include: "workflow/rules/cohort.smk"
-include: "workflow/rules/heatmaps.smk"
+
+# heatmaps come from the configured model, or else from a table of predictions
+if predict_enabled():
+
+    include: "workflow/rules/predict.smk"
+
+else:
+
+    include: "workflow/rules/heatmaps.smk"
+
 
 
 rule all:

@@ -36,6 +36,7 @@ __all__ = [
     "write_slide_table",
     "write_summary",
     "write_heatmap",
+    "write_predictions",
     "write_demo_slide",
 ]
 
@@ -366,6 +367,22 @@ def write_heatmap(
 
     assemble_heatmap(predictions, slide_info, out_tiff, out_png, columns=columns, storage=storage,
                      aggregation=aggregation, size=size)
+
+
+def write_predictions(
+    retained: str, slide_info: str, out_predictions: str, out_tiff: str, out_png: str, **kwargs: Any,
+) -> int:
+    """Run the configured model on the retained tiles; predictions table, heatmap TIFF and PNG.
+
+    See :func:`mask_first.predict.predict_slide` for the keyword arguments.
+    """
+    from mask_first.predict import predict_slide
+
+    return predict_slide(retained, slide_info, out_predictions, out_tiff, out_png, **kwargs)
+
+
+# a user's model may well import pandas (or something that does)
+write_predictions.needs_pandas = True
 
 
 def write_demo_slide(out: str, *, spec: dict) -> None:

@@ -161,8 +161,12 @@ def pixels_enabled():
     return config["pixels"]["enabled"]
 
 
+def predict_enabled():
+    return bool(config["predict"]["model"] or config["predict"]["onnx"])
+
+
 def heatmap_enabled():
-    return bool(config["heatmap"]["predictions"])
+    return bool(config["heatmap"]["predictions"]) or predict_enabled()
 
 
 def step_benchmarks(slide):
@@ -181,6 +185,8 @@ def all_targets():
         targets += [f"results/retained/{s}.parquet", f"results/qc/{s}.png"]
         if pixels_enabled():
             targets.append(f"results/pixels/{s}.parquet")
+        if predict_enabled():
+            targets.append(f"results/predictions/{s}.parquet")
         if heatmap_enabled():
             targets += [f"results/heatmaps/{s}.tiff", f"results/heatmaps/{s}.png"]
     return targets

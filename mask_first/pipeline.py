@@ -369,6 +369,10 @@ def write_heatmap(
                      aggregation=aggregation, size=size)
 
 
+# assemble_heatmap reads the user's table with pandas (any layout pandas reads)
+write_heatmap.needs_pandas = True
+
+
 def write_predictions(
     retained: str, slide_info: str, out_predictions: str, out_tiff: str, out_png: str, **kwargs: Any,
 ) -> int:

@@ -5,14 +5,33 @@
 #
 # Contract (relied on by .ci/run):
 #   * idempotent: if the binaries are already there it does nothing;
-#   * NEVER fails the CI run: when it cannot install (not root, no apt-get,
-#     apt failure) it prints why and exits 0 -- tests/test_slurm.py then
-#     SKIPS with a clear reason (tests/slurm_cluster.py:slurm_available()).
+#   * when it cannot install (not root, no apt-get, apt failure) it prints
+#     why and then: under CI (CI=true, as .ci/run is started) exits 1, so the
+#     run fails with the reason instead of going green with the SLURM tests
+#     skipped; elsewhere exits 0 and the SLURM tests SKIP with the reason
+#     (tests/cluster/slurm_cluster.py:require_slurm(), which also FAILS them
+#     under CI).
 #   * does not start any daemon: the test fixture (tests/slurm_cluster.py)
 #     starts munged/slurmctld/slurmd itself and stops them by PID.
 set -u
 
 log() { echo "[install-slurm] $*"; }
+
+case "$(printf '%s' "${CI:-}" | tr '[:upper:]' '[:lower:]')" in
+    1|true|yes) IN_CI=1 ;;
+    *) IN_CI=0 ;;
+esac
+
+# Cannot install: fatal under CI, a skip elsewhere.
+give_up() {
+    log "$1"
+    if [ "$IN_CI" = 1 ]; then
+        log "CI=true: failing the run (a CI run must exercise the SLURM tests, not skip them)."
+        exit 1
+    fi
+    log "The SLURM integration tests will be SKIPPED."
+    exit 0
+}
 
 # Everything the fixture needs.  slurm-wlm pulls slurmctld, slurmd and
 # slurm-client (sbatch/squeue/sinfo/scontrol/srun); munge is the auth daemon.
@@ -28,14 +47,10 @@ if [ -z "$missing" ]; then
 fi
 
 if [ "$(id -u)" != "0" ]; then
-    log "not root: cannot install slurm-wlm/munge (missing:$missing)."
-    log "The SLURM integration test will be SKIPPED."
-    exit 0
+    give_up "not root: cannot install slurm-wlm/munge (missing:$missing)."
 fi
 if ! command -v apt-get >/dev/null 2>&1; then
-    log "apt-get not found: cannot install slurm-wlm/munge (missing:$missing)."
-    log "The SLURM integration test will be SKIPPED."
-    exit 0
+    give_up "apt-get not found: cannot install slurm-wlm/munge (missing:$missing)."
 fi
 
 # Debian's maintainer scripts call invoke-rc.d to start slurmctld/slurmd/munge
@@ -60,16 +75,16 @@ export DEBIAN_FRONTEND=noninteractive
 # machine instead of failing at once.
 APT_LOCK_WAIT="-o DPkg::Lock::Timeout=300"
 log "installing slurm-wlm munge (missing:$missing) ..."
-# Package lists may be absent on a fresh machine: update first.  A failure
-# here is reported, not fatal (CI goes on, the test skips).
+# Package lists may be absent on a fresh machine: update first.
 if ! apt-get $APT_LOCK_WAIT update -qq; then
-    log "apt-get update failed; the SLURM integration test will be SKIPPED."
-    exit 0
+    give_up "apt-get update failed."
 fi
 if ! apt-get $APT_LOCK_WAIT install -y -qq --no-install-recommends slurm-wlm munge >/tmp/install-slurm.apt.log 2>&1; then
     tail -n 30 /tmp/install-slurm.apt.log
-    log "apt-get install failed; the SLURM integration test will be SKIPPED."
-    exit 0
+    give_up "apt-get install failed."
 fi
+for b in $NEEDED_BINARIES; do
+    command -v "$b" >/dev/null 2>&1 || [ -x "/usr/sbin/$b" ] || give_up "apt-get succeeded but $b is still missing."
+done
 log "installed: slurmd $(dpkg-query -W -f='${Version}' slurmd 2>/dev/null), $(munged --version 2>/dev/null | head -n1)"
 exit 0

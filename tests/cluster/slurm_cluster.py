@@ -3,9 +3,9 @@
 This is a helper module imported by tests (``tests/test_slurm.py``); it is not
 a test file itself.  It gives:
 
-* :func:`slurm_available` -- ``(ok, reason)`` so tests can ``pytest.skip``
-  with a clear message when root / the Debian packages are missing
-  (``.ci/install-slurm.sh`` installs them);
+* :func:`slurm_available` -- ``(ok, reason)``, and :func:`require_slurm`, which
+  skips with that reason when root / the Debian packages are missing
+  (``.ci/install-slurm.sh`` installs them) and FAILS with it under ``CI=true``;
 * :func:`slurm_cluster` -- a context manager that starts munged, slurmctld and
   slurmd from Debian's ``slurm-wlm``/``munge`` packages on this machine,
   waits for the node to be ``idle``, yields a :class:`SlurmCluster`, and on
@@ -136,6 +136,20 @@ def slurm_available() -> tuple[bool, str]:
     if busy:
         return False, f"port(s) {busy} already in use on 127.0.0.1 (another slurmctld/slurmd running?)"
     return True, "ok"
+
+
+def require_slurm() -> None:
+    """Skip (developer machine) or FAIL (``CI=true``) with the reason when the cluster cannot start.
+
+    .ci/run installs SLURM first (``.ci/install-slurm.sh`` exits non-zero under
+    CI when it cannot), so under CI a missing SLURM is a broken run, never a
+    green one that tested nothing.
+    """
+    ok, reason = slurm_available()
+    if not ok:
+        from conftest import skip_or_fail
+
+        skip_or_fail(f"SLURM integration test: {reason}")
 
 
 def _set_pdeathsig() -> None:

@@ -34,7 +34,7 @@ from slurm_cluster import (  # noqa: E402
     _now_ticks,
     profile_overrides_for,
     run_snakemake_with_profile,
-    slurm_available,
+    require_slurm,
     slurm_cluster,
     slurm_processes_started_after,
 )
@@ -124,9 +124,7 @@ def _fail_msg(proc, cluster: SlurmCluster | None = None) -> str:
 
 
 def test_workflow_runs_through_slurm_profile(tmp_path: Path) -> None:
-    ok, reason = slurm_available()
-    if not ok:
-        pytest.skip(f"SLURM integration test skipped: {reason}")
+    require_slurm()
 
     conf_before = SLURM_CONF.read_bytes() if SLURM_CONF.exists() else None
     wf = tmp_path / "wf"

@@ -17,15 +17,13 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import REPO, mask_of, write_sheet  # noqa: E402
-from slurm_cluster import profile_overrides_for, run_snakemake_with_profile, slurm_available, slurm_cluster  # noqa: E402
+from slurm_cluster import profile_overrides_for, run_snakemake_with_profile, require_slurm, slurm_cluster  # noqa: E402
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 
 def test_real_workflow_runs_on_slurm_and_second_run_has_nothing_to_do(tmp_path: Path) -> None:
-    ok, reason = slurm_available()
-    if not ok:
-        pytest.skip(f"SLURM integration test skipped: {reason}")
+    require_slurm()
     from mask_first.tissue.overlay import read_mask_overlay
     from mask_first.synthetic import write_synthetic_slide
     from mask_first.tiles import load_tile_pixels

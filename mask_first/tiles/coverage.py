@@ -20,14 +20,14 @@ Area outside the mask image counts as label 0 (background).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import numpy as np
 
+from mask_first.tiles.columns import broadcast, column_length, group_rows, take, to_numpy
 from mask_first.tissue.overlay import read_mask_overlay
 
-__all__ = ["overlap_fractions", "tile_overlay_overlap", "summed_area_table", "retain"]
+__all__ = ["TileFractions", "overlap_fractions", "tile_overlay_overlap", "summed_area_table", "retain"]
 
 #: tiles processed per chunk, to keep temporaries around tens of MB
 _CHUNK = 1 << 18
@@ -47,6 +47,12 @@ def summed_area_table(indicator: np.ndarray) -> np.ndarray:
         ``S[i, j] = indicator[:i, :j].sum()``. float64 holds every integer sum
         exactly up to 2**53 pixels.
     """
+    if indicator.dtype == bool and indicator.ndim == 2 and indicator.size:
+        import cv2
+
+        # OpenCV's integral image is this table exactly (zero first row and
+        # column) and ~5x faster than two numpy cumsums
+        return cv2.integral(np.ascontiguousarray(indicator).view(np.uint8), sdepth=cv2.CV_64F)
     h, w = indicator.shape
     sat = np.zeros((h + 1, w + 1), np.float64)
     np.cumsum(indicator, axis=0, dtype=np.float64, out=sat[1:, 1:])
@@ -121,15 +127,47 @@ def _bbox_area(geom) -> float:
     return (maxx - minx) * (maxy - miny)
 
 
+class TileFractions(dict):
+    """Per-label coverage fractions of N tiles: ``{label: ndarray of float64, shape (N,)}``.
+
+    A plain ``dict`` keyed by the mask label as a string, the seed's keys
+    (``"0"``, ``"255"``, ...), in increasing label order; every value is an
+    array with one fraction per tile, in input order. ``"0"`` (background,
+    including area outside the mask image) is always present; every other
+    label present in a mask the tiles were scored against has an entry (0.0
+    for tiles of other masks). So ``fractions.get("255", 0.0) >= 0.5`` is the
+    seed's filter line, vectorised over all tiles.
+
+    :meth:`rows` gives the seed's per-tile form (one dict per tile).
+    """
+
+    @property
+    def n_tiles(self) -> int:
+        """Number of tiles N."""
+        return len(next(iter(self.values()))) if self else 0
+
+    def rows(self) -> list[dict[str, float]]:
+        """One ``{label: fraction}`` dict per tile, as the seed's ``tissue_overlap`` column.
+
+        Like the seed, a tile's dict holds only the labels that cover part of
+        its ROI (fraction > 0), so ``row.get("255", 0.0)`` is 0.0 for a tile
+        without tissue. Store it as a pandas column with
+        ``tiles["tissue_overlap"] = fractions.rows()``.
+        """
+        labels = list(self)
+        columns = [self[k].tolist() for k in labels]
+        return [{k: v for k, v in zip(labels, vals) if v > 0.0} for vals in zip(*columns)]
+
+
 def overlap_fractions(
     mask: np.ndarray,
     mask_mpp,
     roi,
-    tile_x: np.ndarray,
-    tile_y: np.ndarray,
-    mpp_x: float,
-    mpp_y: float,
-) -> dict[str, np.ndarray]:
+    tile_x,
+    tile_y,
+    mpp_x,
+    mpp_y,
+) -> TileFractions:
     """Fraction of each tile's ROI covered by each mask label.
 
     Parameters
@@ -146,54 +184,87 @@ def overlap_fractions(
         is handled exactly.
     tile_x, tile_y : array of int or float, shape (N,)
         Tile top-left corners in pixels of the slide level.
-    mpp_x, mpp_y : float
-        Resolution of that slide level in µm/px.
+    mpp_x, mpp_y : float or array of float, shape (N,)
+        Resolution of the tiles' slide level in µm/px: one value for all
+        tiles, or one per tile.
 
     Returns
     -------
-    dict of str to ndarray of float64, shape (N,)
-        One entry per label present in ``mask`` plus ``"0"``, keyed by the label
-        as a string: the area of the ROI covered by that label divided by the
-        area of the ROI's bounding box. For a rectangular ROI the fractions of a
-        tile sum to 1; for a polygon they sum to ``roi.area / bbox area`` (a
-        circle inscribed in the tile over all-tissue gives pi/4). ROI area
-        outside the mask image counts as label ``"0"``.
+    TileFractions
+        A dict of str to ndarray of float64, shape (N,): one entry per label
+        present in ``mask`` plus ``"0"``, keyed by the label as a string: the
+        area of the ROI covered by that label divided by the area of the ROI's
+        bounding box. For a rectangular ROI the fractions of a tile sum to 1;
+        for a polygon they sum to ``roi.area / bbox area`` (a circle inscribed
+        in the tile over all-tissue gives pi/4). ROI area outside the mask
+        image counts as label ``"0"``.
     """
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"mask must be 2-D (H, W), got shape {mask.shape}")
-    tile_x = np.asarray(tile_x, np.float64).ravel()
-    tile_y = np.asarray(tile_y, np.float64).ravel()
+    tile_x = to_numpy(tile_x, np.float64)
+    tile_y = to_numpy(tile_y, np.float64)
     if tile_x.shape != tile_y.shape:
         raise ValueError("tile_x and tile_y must have the same length")
+    n = len(tile_x)
+    column_length(tile_x=tile_x, mpp_x=mpp_x, mpp_y=mpp_y)
     mmx, mmy = _as_pair(mask_mpp)
-    sx, sy = mpp_x / mmx, mpp_y / mmy  # mask pixels per slide-level pixel
-    labels = [v for v in np.unique(mask).tolist() if v != 0]
+    # mask pixels per slide-level pixel: scalars, or one per tile
+    sx = broadcast(mpp_x, n, np.float64) / mmx
+    sy = broadcast(mpp_y, n, np.float64) / mmy
+    labels = [v for v in _labels(mask) if v != 0]
     out: dict[str, np.ndarray] = {}
     box = _roi_box(roi)
     roi_fraction = 1.0 if box is not None else roi.area / _bbox_area(roi)
     if box is not None:
         rx, ry, rw, rh = box
-        area = rw * sx * rh * sy
         sats = {v: summed_area_table(mask == v) for v in labels}
         for v in labels:
-            out[str(v)] = np.empty(tile_x.shape, np.float64)
-        for c in range(0, len(tile_x), _CHUNK):
-            x0 = (tile_x[c : c + _CHUNK] + rx) * sx
-            y0 = (tile_y[c : c + _CHUNK] + ry) * sy
-            x1 = x0 + rw * sx
-            y1 = y0 + rh * sy
+            out[str(v)] = np.empty(n, np.float64)
+        for c in range(0, n, _CHUNK):
+            csx, csy = take(sx, slice(c, c + _CHUNK)), take(sy, slice(c, c + _CHUNK))
+            area = (rw * rh) * csx * csy
+            x0 = (tile_x[c : c + _CHUNK] + rx) * csx
+            y0 = (tile_y[c : c + _CHUNK] + ry) * csy
+            x1 = x0 + rw * csx
+            y1 = y0 + rh * csy
             for v in labels:
                 out[str(v)][c : c + _CHUNK] = _rect_integrals(sats[v], x0, y0, x1, y1) / area
     else:
-        for v, frac in _polygon_fractions(mask, labels, roi, tile_x, tile_y, sx, sy).items():
-            out[str(v)] = frac
-    covered = np.zeros(tile_x.shape, np.float64)
+        for v in labels:
+            out[str(v)] = np.empty(n, np.float64)
+        # one exact polygon kernel per distinct (scale_x, scale_y)
+        for (gsx, gsy), index in _scale_groups(sx, sy, n):
+            fracs = _polygon_fractions(mask, labels, roi, tile_x[index], tile_y[index], gsx, gsy)
+            for v, frac in fracs.items():
+                out[str(v)][index] = frac
+    covered = np.zeros(n, np.float64)
     for v in labels:
         np.clip(out[str(v)], 0.0, 1.0, out=out[str(v)])  # float rounding only
         covered += out[str(v)]
     out["0"] = np.clip(roi_fraction - covered, 0.0, 1.0)
-    return dict(sorted(out.items(), key=lambda kv: float(kv[0])))
+    return TileFractions(sorted(out.items(), key=lambda kv: float(kv[0])))
+
+
+def _labels(mask: np.ndarray) -> list:
+    """Distinct values of a label image (a histogram for uint8, no sort)."""
+    if mask.dtype == np.uint8:
+        return np.flatnonzero(np.bincount(mask.ravel(), minlength=256)).tolist()
+    return np.unique(mask).tolist()
+
+
+def _scale_groups(sx, sy, n: int) -> list[tuple[tuple[float, float], slice | np.ndarray]]:
+    """Tiles grouped by their (mask px per slide px) scale pair."""
+    if not (isinstance(sx, np.ndarray) or isinstance(sy, np.ndarray)):
+        return [((float(sx), float(sy)), slice(0, n))]
+    pairs = np.empty((n, 2), np.float64)
+    pairs[:, 0] = sx
+    pairs[:, 1] = sy
+    keys, inverse = np.unique(pairs, axis=0, return_inverse=True)
+    inverse = inverse.ravel()
+    if len(keys) == 1:
+        return [((float(keys[0, 0]), float(keys[0, 1])), slice(0, n))]
+    return [((float(a), float(b)), np.flatnonzero(inverse == k)) for k, (a, b) in enumerate(keys)]
 
 
 def _polygon_fractions(mask, labels, roi, tile_x, tile_y, sx, sy) -> dict:
@@ -247,20 +318,65 @@ def _polygon_fractions(mask, labels, roi, tile_x, tile_y, sx, sy) -> dict:
 
 def tile_overlay_overlap(
     roi,
-    overlay_path: str | os.PathLike,
-    tile_x: np.ndarray,
-    tile_y: np.ndarray,
-    mpp_x: float,
-    mpp_y: float,
-) -> dict[str, np.ndarray]:
-    """Per-label coverage of tile ROIs by a mask overlay TIFF.
+    overlay_path,
+    tile_x,
+    tile_y,
+    mpp_x,
+    mpp_y,
+) -> TileFractions:
+    """Per-label coverage of tile ROIs by mask overlay TIFFs, for a tile table of any number of slides.
 
-    Reads level 0 of the overlay and its resolution tags once, then calls
-    :func:`overlap_fractions` (see there for the parameters and the result).
-    No RGB pixel of the slide is decoded.
+    Every per-tile argument is a scalar (shared by all tiles) or a column of
+    length N (numpy array, pandas Series, pyarrow Array, list), as in the
+    seed's ``tile_overlay_overlap(roi=box(0, 0, 512, 512),
+    overlay_path=col("mask_path"), tile_x=col("tile_x"), ...)``. Tiles are
+    grouped by overlay path; each overlay is opened once (level 0 and its
+    resolution tags) and its tiles are scored by :func:`overlap_fractions`.
+    No RGB pixel of any slide is decoded.
+
+    Parameters
+    ----------
+    roi : (x, y, width, height) or shapely geometry
+        ROI relative to each tile's top-left corner, in pixels of the tiles'
+        slide level (e.g. ``shapely.box(0, 0, 512, 512)``, or a circle).
+    overlay_path : path-like or column of path-likes, shape (N,)
+        Mask overlay TIFF of each tile (the slide table's ``mask_path``).
+    tile_x, tile_y : int or column of int, shape (N,)
+        Tile top-left corners in pixels of the tiles' slide level.
+    mpp_x, mpp_y : float or column of float, shape (N,)
+        µm/px of the tiles' slide level; may differ from row to row.
+
+    Returns
+    -------
+    TileFractions
+        ``{label: ndarray of float64, shape (N,)}`` in input order, keyed by
+        the mask value as a string (``"0"``, ``"255"``): the fraction of each
+        tile's ROI bounding box covered by that value. ``"0"`` is always
+        present; a label found in any overlay has an entry for every tile.
+        ``.get("255", 0.0) >= t`` keeps tissue tiles; ``.rows()`` gives the
+        seed's per-tile dicts.
     """
-    mask, mmx, mmy, _ = read_mask_overlay(overlay_path)
-    return overlap_fractions(mask, (mmx, mmy), roi, tile_x, tile_y, mpp_x, mpp_y)
+    n = column_length(overlay_path=overlay_path, tile_x=tile_x, tile_y=tile_y, mpp_x=mpp_x, mpp_y=mpp_y)
+    if n is None:  # all scalars: one tile
+        n = 1
+    xs = np.broadcast_to(broadcast(tile_x, n, np.float64), (n,))
+    ys = np.broadcast_to(broadcast(tile_y, n, np.float64), (n,))
+    mx = broadcast(mpp_x, n, np.float64)
+    my = broadcast(mpp_y, n, np.float64)
+    groups = group_rows(overlay_path, n)
+    if len(groups) == 1:
+        mask, mmx, mmy, _ = read_mask_overlay(groups[0][0])
+        return overlap_fractions(mask, (mmx, mmy), roi, xs, ys, mx, my)
+    parts = []
+    for path, index in groups:
+        mask, mmx, mmy, _ = read_mask_overlay(path)
+        parts.append((index, overlap_fractions(mask, (mmx, mmy), roi, xs[index], ys[index], take(mx, index), take(my, index))))
+    labels = sorted({k for _, f in parts for k in f}, key=float)
+    out = TileFractions((k, np.zeros(n, np.float64)) for k in labels)
+    for index, fractions in parts:
+        for k, v in fractions.items():
+            out[k][index] = v
+    return out
 
 
 def retain(fractions: dict[str, np.ndarray], value: int, threshold: float) -> np.ndarray:

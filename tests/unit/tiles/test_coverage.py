@@ -117,3 +117,112 @@ def test_bad_roi_arguments_raise():
         overlap_fractions(mask, 1.0, "whole tile", [0], [0], 1.0, 1.0)
     with pytest.raises(ValueError):
         overlap_fractions(mask[None], 1.0, (0, 0, 1, 1), [0], [0], 1.0, 1.0)
+
+
+# ---------------------------------------------------------------------------
+# the seed's argument forms: per-tile columns over a table of several overlays
+# ---------------------------------------------------------------------------
+
+
+def _three_overlays(tmp_path):
+    """Three overlays with different sizes, labels and mpp (independently random)."""
+    from mask_first.tissue.overlay import write_mask_overlay
+
+    rng = np.random.default_rng(11)
+    specs = [((40, 52), (0, 255), 8.0), ((33, 29), (0, 128, 255), 4.0), ((20, 20), (0, 255), (16.0, 12.0))]
+    out = []
+    for k, (shape, labels, mpp) in enumerate(specs):
+        mask = rng.choice(np.array(labels, np.uint8), size=shape)
+        path = write_mask_overlay(tmp_path / f"m{k}.tiff", mask, mpp)
+        out.append((str(path), mask, mpp))
+    return out
+
+
+def _shuffled_table(overlays, n_per=300, seed=5):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for k, (path, mask, _) in enumerate(overlays):
+        xs = rng.integers(-50, 900, n_per)
+        ys = rng.integers(-50, 700, n_per)
+        mpp = rng.choice([0.25, 0.5, 1.0], n_per)  # level mpp varies from row to row
+        rows += [(path, x, y, m, 1.5 * m) for x, y, m in zip(xs, ys, mpp)]
+    order = rng.permutation(len(rows))
+    cols = list(zip(*[rows[i] for i in order]))
+    return [np.asarray(c) for c in cols]
+
+
+@pytest.mark.parametrize("form", ["numpy", "pandas", "pyarrow", "list", "sorted-pandas"])
+def test_columns_over_three_overlays_equal_per_overlay_scalar_calls(tmp_path, form):
+    import pandas as pd
+    import pyarrow as pa
+
+    from mask_first.tiles.coverage import tile_overlay_overlap
+
+    overlays = _three_overlays(tmp_path)
+    paths, xs, ys, mx, my = _shuffled_table(overlays)
+    if form == "sorted-pandas":
+        order = np.argsort(paths, kind="stable")
+        paths, xs, ys, mx, my = (a[order] for a in (paths, xs, ys, mx, my))
+    conv = {
+        "numpy": lambda a: a,
+        "pandas": pd.Series,
+        "sorted-pandas": pd.Series,
+        "pyarrow": pa.array,
+        "list": lambda a: a.tolist(),
+    }[form]
+    roi = shapely.box(0, 0, 64, 48)
+    got = tile_overlay_overlap(roi, conv(paths), conv(xs), conv(ys), conv(mx), conv(my))
+    assert list(got) == ["0", "128", "255"]
+    # independent reference: one scalar call per (overlay, mpp) with the overlay's own array
+    for path, mask, mpp in overlays:
+        for m in (0.25, 0.5, 1.0):
+            sel = (paths == path) & (mx == m)
+            ref = overlap_fractions(mask, mpp, (0, 0, 64, 48), xs[sel], ys[sel], m, 1.5 * m)
+            for label in got:
+                np.testing.assert_allclose(got[label][sel], ref.get(label, 0.0), atol=1e-12)
+
+
+def test_rows_give_the_seeds_per_tile_dicts_and_its_filter_line_works(tmp_path):
+    from mask_first.tiles.coverage import tile_overlay_overlap
+
+    overlays = _three_overlays(tmp_path)
+    paths, xs, ys, mx, my = _shuffled_table(overlays, n_per=50)
+    got = tile_overlay_overlap((0, 0, 64, 48), paths, xs, ys, mx, my)
+    rows = got.rows()
+    assert len(rows) == len(paths) == got.n_tiles
+    for k in (0, 7, 100):
+        assert rows[k] == {label: got[label][k] for label in got if got[label][k] > 0}
+    seed_filter = np.array([row.get("255", 0.0) >= 0.5 for row in rows])
+    np.testing.assert_array_equal(seed_filter, got.get("255", 0.0) >= 0.5)
+    assert 0 < seed_filter.sum() < len(rows)
+
+
+def test_circle_inscribed_in_the_tile_gives_pi_over_4_with_per_tile_mpp_columns(tmp_path):
+    import pandas as pd
+
+    from mask_first.tiles.coverage import tile_overlay_overlap
+    from mask_first.tissue.overlay import write_mask_overlay
+
+    tissue = [write_mask_overlay(tmp_path / f"t{k}.tiff", np.full((300, 300), 255, np.uint8), mpp)
+              for k, mpp in enumerate([8.0, 2.5])]
+    circle = shapely.Point(256, 256).buffer(256, quad_segs=512)
+    rng = np.random.default_rng(2)
+    n = 40
+    table = pd.DataFrame({
+        "mask_path": [str(tissue[k % 2]) for k in range(n)],
+        "tile_x": rng.integers(0, 200, n), "tile_y": rng.integers(0, 200, n),
+        "mpp_x": rng.choice([0.25, 0.5, 1.0], n), "mpp_y": rng.choice([0.25, 0.5, 1.0], n),
+    })
+    got = tile_overlay_overlap(circle, table["mask_path"], table["tile_x"], table["tile_y"],
+                               table["mpp_x"], table["mpp_y"])
+    # polygonal circle with 2048 vertices: its area is pi r^2 (1 - O(1e-6))
+    np.testing.assert_allclose(got["255"], np.pi / 4, rtol=1e-5)
+    # fractions are of the ROI's bounding box: the corners outside the circle count for no label
+    np.testing.assert_allclose(got["0"], 0.0, atol=1e-9)
+
+
+def test_column_length_mismatch_names_the_arguments(tmp_path):
+    from mask_first.tiles.coverage import tile_overlay_overlap
+
+    with pytest.raises(ValueError, match="tile_x has 3.*mpp_x has 2"):
+        tile_overlay_overlap((0, 0, 4, 4), "m.tiff", [0, 1, 2], [0, 1, 2], [0.5, 0.5], 0.5)

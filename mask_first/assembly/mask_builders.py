@@ -671,14 +671,15 @@ class MaxAggregator(Aggregator):
     Parameters
     ----------
     fill_value : scalar, optional
-        Value of uncovered cells.  Default ``NaN`` for float masks, 0 for
-        integer masks, ``False`` for bool masks.
+        Value of uncovered cells.  Default 0 (``False`` for bool masks), as
+        in the seed and as :class:`MeanAggregator`; ``np.nan`` marks them
+        instead (float masks).
     """
 
     ufunc = np.maximum
     persistent_names = ("mask",)
 
-    def __init__(self, fill_value: Any = None) -> None:
+    def __init__(self, fill_value: Any = 0) -> None:
         self.fill_value = fill_value
         self.mask: np.ndarray | None = None
 
@@ -687,10 +688,7 @@ class MaxAggregator(Aggregator):
 
     def setup(self, storage: Storage, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         _check_supported_dtype(dtype)
-        if self.fill_value is None:
-            self._fill = np.nan if dtype.kind == "f" else 0
-        else:
-            self._fill = self.fill_value
+        self._fill = 0 if self.fill_value is None else self.fill_value
         _check_fill(self._fill, dtype, "MaxAggregator fill_value")
         self.mask = storage.allocate("mask", shape, dtype, fill_value=_lowest(dtype))
         return self.mask
@@ -786,6 +784,13 @@ class MaskBuilder:
         e.g. ``MaxAggregator(fill_value=-1)``.
     dtype : dtype-like, optional
         Dtype of the finished mask.
+    fill_value : scalar, optional
+        Value of mask cells no tile covered.  Default: the aggregator's own,
+        which is 0 for both :class:`MeanAggregator` and :class:`MaxAggregator`
+        (as in the seed, so ``mask.sum()``, a persisted memmap's sum and
+        :meth:`resize_to_source` stay finite).  Pass ``np.nan`` to mark
+        uncovered cells in a float mask, or any value the dtype holds; it
+        overrides the aggregator's ``fill_value``.
     **kwargs
         Passed to the storage class (e.g. ``filename``, ``directory``).
 
@@ -814,6 +819,11 @@ class MaskBuilder:
     must fall on a cell boundary and the tile must lie inside ``[0, span)``;
     otherwise :class:`ValueError` names the offending tile.
 
+    *Uncovered cells.*  Cells no tile covered (overlap count 0) are 0 with
+    every built-in aggregator and dtype, as in the seed; ``fill_value=np.nan``
+    (float masks) or any other value changes that, decided from the overlap
+    count, never from the value, so a genuine 0 or NaN prediction is kept.
+
     *Cost.*  Dense tiles are written immediately (one slice operation per
     large tile, one vectorised scatter per batch of small tiles).  Scalar
     predictions and the overlap counts are only recorded (a few bytes per
@@ -840,6 +850,8 @@ class MaskBuilder:
         storage: StorageArg = "inmemory",
         aggregation: AggregationArg = MeanAggregator,
         dtype: npt.DTypeLike = np.float32,
+        *,
+        fill_value: Any = None,
         **kwargs: Any,
     ) -> None:
         geometry = mask_geometry(source_extents, source_tile_extent, output_tile_extent, stride)
@@ -860,6 +872,10 @@ class MaskBuilder:
 
         self.storage = _resolve_storage(storage, kwargs)
         self.aggregator = _resolve_aggregator(aggregation)
+        if fill_value is not None:
+            if not hasattr(self.aggregator, "fill_value"):
+                raise TypeError(f"{type(self.aggregator).__name__} has no fill_value to set")
+            self.aggregator.fill_value = fill_value
         shape = (self.n_channels, *map(int, self.mask_extents))
         self.storage.prepare(self.aggregator.persistent_names)
         try:

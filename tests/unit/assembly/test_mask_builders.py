@@ -54,7 +54,7 @@ def brute_force_mask(extents, tile, output, stride, n_channels, tiles, aggregati
     ``tiles`` is a list of ``(coord, values, (clip_start, clip_end))`` with
     ``values`` of shape ``(C,)`` (scalar) or ``(C, *output)`` (dense), clipping
     per axis in output pixels.  Returns ``(mask, count)`` in float64/int64,
-    uncovered cells 0 (mean) or NaN (max).
+    uncovered cells 0 for both aggregators (the default fill, as in the seed).
     """
     geo = spec_geometry(extents, tile, output, stride)
     m, u, g = geo["mask_extents"], geo["upscale_factor"], geo["g"]
@@ -79,7 +79,7 @@ def brute_force_mask(extents, tile, output, stride, n_channels, tiles, aggregati
     if aggregation == "mean":
         mask = np.where(count > 0, acc / np.maximum(count, 1), 0.0)
     else:
-        mask = np.where(count > 0, acc, np.nan)
+        mask = np.where(count > 0, acc, 0.0)
     return mask, count
 
 
@@ -198,12 +198,51 @@ def test_edge_clipping_that_removes_whole_tile_raises():
 # --------------------------------------------------------------------------
 
 
-def test_max_keeps_negative_predictions_and_fills_uncovered_cells_with_nan():
+def test_max_keeps_negative_predictions_and_fills_uncovered_cells_with_0():
     mb = MaskBuilder((8, 8), 4, 1, 2, aggregation=MaxAggregator)
     mb.update_batch(np.array([[-3.0], [-1.0]]), np.array([[0, 0], [2, 2]]))
     mask = mb.finalize()[0]
     assert mask[0, 0] == -3 and mask[1, 1] == -1 and mask[2, 2] == -1
-    assert np.isnan(mask[3, 3]) and np.isnan(mask[0, 3])
+    assert mask[3, 3] == 0 and mask[0, 3] == 0  # uncovered: 0, not the -inf identity
+
+
+@pytest.mark.parametrize("aggregation", ["mean", "max"])
+def test_default_fill_is_0_for_both_aggregators_so_seed_sums_stay_finite(aggregation, tmp_path):
+    # the seed's usage: mask.sum(), np.load(persisted).sum(), resize_to_source(mask)
+    path = tmp_path / "pred.npy"
+    mb = MaskBuilder((10, 10), 4, 2, 4, aggregation=aggregation, storage="memmap", filename=path)
+    mb.update_batch(np.array([[1.0], [3.0]]), np.array([[0, 0], [4, 4]]))
+    out = mb.finalize()
+    mask = out["mask"] if aggregation == "mean" else out
+    # hand-worked: tile 4 px = 2 cells of 2 px; two tiles of 2x2 cells, 1 and 3
+    assert float(mask.sum()) == 4 * 1.0 + 4 * 3.0
+    assert float(np.load(path).sum()) == 16.0
+    assert float(mb.resize_to_source(mask).sum()) == 16 * 1.0 + 16 * 3.0
+    assert mask[0, 0, 5] == 0 and mask[0, 5, 0] == 0
+
+
+@pytest.mark.parametrize("aggregation", ["mean", "max"])
+def test_nan_fill_on_request_marks_uncovered_cells_only(aggregation):
+    mb = MaskBuilder((8, 8), 4, 1, 4, aggregation=aggregation, fill_value=np.nan)
+    mb.update_batch(np.array([[0.0], [np.nan]]), np.array([[0, 0], [4, 4]]))
+    out = mb.finalize()
+    mask = (out["mask"] if aggregation == "mean" else out)[0]
+    assert mask[0, 0] == 0.0  # a genuine 0 prediction is kept
+    assert np.isnan(mask[0, 1]) and np.isnan(mask[1, 0]) and np.isnan(mask[1, 1])
+
+
+@pytest.mark.parametrize("storage", ["inmemory", "memmap"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.float16, np.float32])
+@pytest.mark.parametrize("dense", [False, True])
+def test_non_zero_mean_fill_is_honoured_for_every_dtype_path(dtype, storage, dense):
+    # uint8/int16/float16 finalise through a separate accumulator, float32 in place
+    mb = MaskBuilder((8, 8), 4, 4 if dense else 1, 4, dtype=dtype, storage=storage, fill_value=7)
+    values = np.full((1, 1, 4, 4) if dense else (1, 1), 2, dtype=dtype)
+    mb.update_batch(values, np.array([[0, 4]]))
+    mask = mb.finalize()["mask"][0]
+    cells = mask if not dense else mask[::4, ::4]
+    assert mask.dtype == dtype
+    np.testing.assert_array_equal(cells, [[7, 2], [7, 7]])
 
 
 def test_max_integer_mask_keeps_dtype_minimum_prediction_and_fills_uncovered_with_0():

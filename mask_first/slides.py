@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mask_first.ids import row_hash
+from mask_first.ids import stable_id
 
 __all__ = [
     "SlideError",
@@ -626,7 +626,7 @@ def slide_row(
             "level_count": slide.level_count,
             "vendor": slide.vendor,
         }
-    row["id"] = row_hash(
+    row["id"] = stable_id(
         {k: row[k] for k in ("path", "level", "tile_extent_x", "tile_extent_y", "stride_x", "stride_y")}
         | {"mpp_x": lmx, "mpp_y": lmy}
     )

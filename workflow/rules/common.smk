@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mask_first.ids import row_hash
+from mask_first.ids import stable_id
 
 SHEET_COLUMNS = ["slide_id", "path", "mpp", "mask", "tissue_method"]
 
@@ -93,7 +93,7 @@ SLIDES = list(SAMPLES.index)
 
 def _mask_key(row):
     """Cache key of a generated mask: everything the mask depends on, nothing else."""
-    return row_hash(
+    return stable_id(
         {
             "path": row["path"],
             "mpp_override": row["mpp"],

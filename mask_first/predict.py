@@ -10,7 +10,9 @@ A *model* is anything that maps a batch of RGB tiles to numbers:
   instances are called. It returns scalar scores ``(B, C)`` (``(B,)`` is read
   as one channel) or dense maps ``(B, C, h, w)`` on its own output grid
   (``h, w`` output pixels cover the whole tile); numpy arrays, lists or
-  tensors with ``.detach().cpu().numpy()``.
+  tensors with ``.detach().cpu().numpy()``. If the object (or what the class
+  makes) is a ``torch.nn.Module`` it is wrapped in :class:`TorchModel`: moved
+  to the accelerator torch finds, fed normalised float tensors.
 * an ONNX file run with onnxruntime (:class:`OnnxModel`), inputs normalised
   as configured, on the first execution providers onnxruntime finds (a GPU
   when one is there, the CPU otherwise).
@@ -46,6 +48,8 @@ __all__ = [
     "model_source",
     "load_model",
     "OnnxModel",
+    "TorchModel",
+    "torch_device",
     "batch_metadata",
     "run_model",
     "iter_tile_batches",
@@ -112,8 +116,13 @@ def _cwd_on_path() -> None:
         sys.path.insert(0, cwd)
 
 
-def load_model(spec: str) -> Callable:
-    """Import the callable named ``"module:function"``; a class is instantiated once."""
+def load_model(spec: str, normalisation: dict | None = None) -> Callable:
+    """Import the callable named ``"module:function"``; a class is instantiated once.
+
+    ``normalisation`` (``layout``, ``scale``, ``mean``, ``std``) applies when
+    the object is a ``torch.nn.Module`` (see :class:`TorchModel`); plain
+    callables receive the uint8 tiles as they are.
+    """
     module_name, attr = _split_spec(spec)
     _cwd_on_path()
     if _is_path(module_name):
@@ -135,7 +144,60 @@ def load_model(spec: str) -> Callable:
         obj = obj()
     if not callable(obj):
         raise ValueError(f"predict.model: {spec} is not callable")
+    if _is_torch_module(obj):
+        obj = TorchModel(obj, **dict(normalisation or {}))
     return obj
+
+
+def _is_torch_module(obj: Any) -> bool:
+    # without importing torch (seconds) for models that do not use it
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.nn.Module)
+
+
+def torch_device() -> str:
+    """The accelerator torch finds: ``cuda``, then ``mps``, else ``cpu``."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+class TorchModel:
+    """A ``torch.nn.Module`` on uint8 tile batches: eval mode, no gradients, on the accelerator.
+
+    The tiles become a float32 tensor ``(uint8 * scale - mean) / std`` in
+    ``layout`` on ``device`` (default :func:`torch_device`); the module's
+    output comes back as a numpy array.
+    """
+
+    def __init__(self, module, *, layout: str = "nchw", scale: float = 1 / 255,
+                 mean: Sequence[float] = (0.0, 0.0, 0.0), std: Sequence[float] = (1.0, 1.0, 1.0),
+                 device: str | None = None) -> None:
+        import torch
+
+        if layout not in ("nchw", "nhwc"):
+            raise ValueError(f"predict.input.layout must be nchw or nhwc, got {layout!r}")
+        self.torch = torch
+        self.device = torch.device(device or torch_device())
+        self.module = module.to(self.device).eval()
+        self.layout = layout
+        self.scale = float(scale)
+        self.mean = torch.tensor(list(mean), dtype=torch.float32, device=self.device)
+        self.std = torch.tensor(list(std), dtype=torch.float32, device=self.device)
+
+    def __call__(self, tiles: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device).float()
+            x = (x * self.scale - self.mean) / self.std
+            if self.layout == "nchw":
+                x = x.permute(0, 3, 1, 2).contiguous()
+            return self.module(x).float().cpu().numpy()
 
 
 class OnnxModel:
@@ -292,6 +354,9 @@ def iter_tile_batches(
 class _Assembler:
     """MaskBuilder over a slide's tile grid, created when the first batch shows the output kind."""
 
+    #: largest heatmap (cells x channels) assembled; the TIFF writer holds it in memory (4 GiB)
+    max_values = 1 << 30
+
     def __init__(self, info: dict, coords_yx: np.ndarray, n_channels: int | None, *, aggregation: str,
                  storage: str, edge_clipping) -> None:
         self.info = info
@@ -315,6 +380,16 @@ class _Assembler:
             cell = [math.gcd(t, s, *np.unique(self.coords[:, a]).tolist()) for a, (t, s) in
                     enumerate(zip(tile, stride))]
             out_extent = (tile[0] // cell[0], tile[1] // cell[1])
+        from mask_first.assembly.mask_builders import mask_geometry
+
+        geometry = mask_geometry((int(self.info["extent_y"]), int(self.info["extent_x"])), tile, out_extent, stride)
+        n_values = int(np.prod(geometry.mask_extents)) * n_channels
+        if n_values > self.max_values:
+            raise ValueError(
+                f"a heatmap of {' x '.join(map(str, geometry.mask_extents.tolist()))} cells x {n_channels} channel(s) "
+                f"({n_values * 4 / 2**30:.1f} GiB) is too large; let the model return a coarser map "
+                f"(it returned {out_extent[0]} x {out_extent[1]} per tile)"
+            )
         agg = (MeanAggregator(fill_value=np.nan) if self.aggregation == "mean"
                else MaxAggregator(fill_value=np.nan))
         self.builder = MaskBuilder(
@@ -373,7 +448,7 @@ def predict_slide(
     batch_size: int = 32,
     edge_clipping: int | Sequence = 0,
     map_dtype: str = "float16",
-    onnx_input: dict | None = None,
+    normalisation: dict | None = None,
     providers: Sequence[str] = (),
     aggregation: str = "mean",
     storage: str = "memmap",
@@ -405,6 +480,11 @@ def predict_slide(
         ``"module:function"`` or an ONNX file; exactly one.
     pixels, slide_path : str
         Tiles from the pixel Parquet when given, else read from the slide.
+    normalisation : dict
+        ``layout``, ``scale``, ``mean``, ``std`` of the float input of ONNX
+        models and torch modules (see :class:`OnnxModel`).
+    providers : sequence of str
+        onnxruntime execution providers; empty: every available one.
     edge_clipping : int, 2 ints or 2 (start, end) pairs
         Output pixels dropped at the borders of dense maps before assembly.
 
@@ -435,10 +515,12 @@ def predict_slide(
     level = int(info["level"])
     tile_extent = (int(info["tile_extent_x"]), int(info["tile_extent_y"]))
     if model:
-        runner = load_model(model)
+        runner = load_model(model, normalisation)
         name = model
+        if isinstance(runner, TorchModel):
+            log.info("torch device: %s", runner.device)
     else:
-        opts = dict(onnx_input or {})
+        opts = dict(normalisation or {})
         runner = OnnxModel(onnx, providers=providers or None, threads=threads, **opts)
         log.info("onnxruntime providers: %s", ", ".join(runner.providers))
         name = str(onnx)

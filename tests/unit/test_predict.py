@@ -178,6 +178,18 @@ def test_channel_count_must_match_the_configured_columns(in_tmp, small_tiff):
     assert not (in_tmp / "out.parquet").exists() and not (in_tmp / "out.tiff").exists()
 
 
+def test_a_heatmap_too_large_to_write_is_refused_before_any_work(in_tmp, small_tiff, monkeypatch):
+    from mask_first.predict import _Assembler
+
+    (in_tmp / "usermodel_dense.py").write_text(DENSE_MODEL)
+    info, retained, _, _ = _grid(in_tmp, small_tiff, tile=64, stride=32)
+    monkeypatch.setattr(_Assembler, "max_values", 2 * 152 * 176 - 1)  # one value short of the 2-channel grid
+    with pytest.raises(ValueError, match=r"heatmap of 152 x 176 cells x 2 channel\(s\).*coarser map"):
+        _run(in_tmp, info, retained, small_tiff, model="usermodel_dense:maps")
+    monkeypatch.setattr(_Assembler, "max_values", 2 * 152 * 176)
+    _run(in_tmp, info, retained, small_tiff, model="usermodel_dense:maps")
+
+
 # ---------------------------------------------------------------------------
 # ONNX
 # ---------------------------------------------------------------------------
@@ -226,7 +238,7 @@ def test_onnx_dense_model_in_the_slide_step(in_tmp, small_tiff, textured_image):
     path = _onnx_model(in_tmp / "pool.onnx", dense=True)
     info, retained, xs, ys = _grid(in_tmp, small_tiff, tile=64, stride=64)
     n, out = _run(in_tmp, info, retained, small_tiff, onnx=str(path), columns=["r", "g", "b"],
-                  onnx_input={"layout": "nchw", "scale": 1.0, "mean": (0, 0, 0), "std": (1, 1, 1)})
+                  normalisation={"layout": "nchw", "scale": 1.0, "mean": (0, 0, 0), "std": (1, 1, 1)})
     heat, mpp, desc = read_heatmap_tiff(out["tiff"])
     assert desc["kind"] == "dense" and mpp == pytest.approx((2.0, 2.0)) and n == len(xs)
     padded = np.full((heat.shape[1] * 4, heat.shape[2] * 4, 3), 255.0)
@@ -234,3 +246,41 @@ def test_onnx_dense_model_in_the_slide_step(in_tmp, small_tiff, textured_image):
     pooled = padded.reshape(heat.shape[1], 4, heat.shape[2], 4, 3).mean(axis=(1, 3))
     np.testing.assert_allclose(heat, np.moveaxis(pooled, -1, 0), rtol=1e-5)
     assert json.loads(json.dumps(desc))["model"] == str(path)
+
+
+# ---------------------------------------------------------------------------
+# torch
+# ---------------------------------------------------------------------------
+
+TORCH_MODEL = """
+import torch
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.pool = torch.nn.AvgPool2d(4)
+        self.w = torch.nn.Parameter(torch.tensor([0.5, -1.0, 2.0]))
+
+    def forward(self, x):  # (N, 3, H, W) float -> (N, 1, H/4, W/4)
+        return (self.pool(x) * self.w[None, :, None, None]).sum(dim=1, keepdim=True)
+"""
+
+
+def test_torch_module_runs_on_normalised_tensors_and_assembles(in_tmp, small_tiff, textured_image):
+    pytest.importorskip("torch", reason="torch is not installed (pip install torch)")
+    (in_tmp / "usermodel_torch.py").write_text(TORCH_MODEL)
+    model = load_model("usermodel_torch:Net", {"layout": "nchw", "scale": 1 / 255, "mean": MEAN, "std": STD})
+    assert str(model.device) in ("cpu", "cuda", "mps")
+    info, retained, xs, ys = _grid(in_tmp, small_tiff, tile=64, stride=64, keep_every=2, seed=5)
+    n, out = _run(in_tmp, info, retained, small_tiff, model="usermodel_torch:Net",
+                  normalisation={"layout": "nchw", "scale": 1 / 255, "mean": MEAN, "std": STD})
+    heat, mpp, desc = read_heatmap_tiff(out["tiff"])
+    assert desc["kind"] == "dense" and mpp == pytest.approx((2.0, 2.0))
+    padded = np.full((heat.shape[1] * 4, heat.shape[2] * 4, 3), 255.0)
+    padded[:600, :700] = textured_image
+    norm = (padded / 255 - np.array(MEAN)) / np.array(STD)
+    pooled = norm.reshape(heat.shape[1], 4, heat.shape[2], 4, 3).mean(axis=(1, 3)) @ np.array([0.5, -1.0, 2.0])
+    expected = np.full(heat.shape[1:], np.nan)
+    for x, y in zip(xs, ys):
+        expected[y // 4 : y // 4 + 16, x // 4 : x // 4 + 16] = pooled[y // 4 : y // 4 + 16, x // 4 : x // 4 + 16]
+    np.testing.assert_allclose(heat[0], expected, rtol=1e-4, atol=1e-4)

@@ -105,6 +105,17 @@ def test_heatmap_cells_hold_the_callables_value_from_openslide_pixels(predicted)
     assert_heatmap_holds_the_model_values(wd, slide)
 
 
+def test_report_has_the_prediction_heatmap(predicted, tmp_path):
+    import zipfile
+
+    wd, cfg, _ = predicted
+    report = tmp_path / "report.zip"
+    run_workflow(wd, cfg, "--report", str(report))
+    with zipfile.ZipFile(report) as zf:
+        embedded = [zf.read(n) for n in zf.namelist() if n.endswith(".png")]
+    assert (wd / f"results/heatmaps/{SLIDE}.png").read_bytes() in embedded
+
+
 def test_model_file_config_and_tiles_rerun_predictions_only(predicted):
     wd, cfg, slide = predicted
     assert planned_jobs(wd, cfg) == {}

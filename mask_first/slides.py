@@ -349,7 +349,7 @@ def _parse_tiff_mpp(tif, page) -> tuple[float | None, float | None]:
 class TiffSlide(Slide):
     """Slide backed by tifffile; pixels come from the stored tiles or strips."""
 
-    def __init__(self, path: str | os.PathLike, tif, mpp_override: float | None = None):
+    def __init__(self, path: str | os.PathLike, tif, mpp_override: float | None = None, require_mpp: bool = True):
         import tifffile  # noqa: F401  (imported for the type of ``tif``)
 
         self.path = Path(path)
@@ -368,7 +368,7 @@ class TiffSlide(Slide):
             Level(int(p.imagewidth), int(p.imagelength), w0 / p.imagewidth, h0 / p.imagelength) for p in pages
         ]
         mx, my = _parse_tiff_mpp(tif, pages[0])
-        self.mpp_x, self.mpp_y = _resolve_mpp(self.path, mx, my, mpp_override)
+        self.mpp_x, self.mpp_y = _resolve_mpp(self.path, mx, my, mpp_override, require_mpp)
         self._fd = os.open(self.path, os.O_RDONLY)
         self._readers = [_TiffLevelReader(p, self._fd, name=self.path.name, level=k) for k, p in enumerate(pages)]
 
@@ -420,7 +420,7 @@ class TiffSlide(Slide):
 class OpenSlideSlide(Slide):
     """Slide backed by OpenSlide 4 (``openslide-bin``); regions are composited on white."""
 
-    def __init__(self, path: str | os.PathLike, osr, mpp_override: float | None = None):
+    def __init__(self, path: str | os.PathLike, osr, mpp_override: float | None = None, require_mpp: bool = True):
         self.path = Path(path)
         self._osr = osr
         props = osr.properties
@@ -430,7 +430,7 @@ class OpenSlideSlide(Slide):
         mx = props.get("openslide.mpp-x")
         my = props.get("openslide.mpp-y")
         self.mpp_x, self.mpp_y = _resolve_mpp(
-            self.path, float(mx) if mx else None, float(my) if my else None, mpp_override
+            self.path, float(mx) if mx else None, float(my) if my else None, mpp_override, require_mpp
         )
 
     def read_regions_into(self, level, xs, ys, width, height, out, threads: int = 1) -> None:
@@ -454,12 +454,14 @@ class OpenSlideSlide(Slide):
 # ---------------------------------------------------------------------------
 
 
-def _resolve_mpp(path: Path, mx, my, override) -> tuple[float, float]:
+def _resolve_mpp(path: Path, mx, my, override, require_mpp: bool = True) -> tuple[float, float]:
     if override is not None and not (isinstance(override, float) and np.isnan(override)):
         v = float(override)
         if not v > 0:
             raise SlideError(f"{path.name}: mpp override must be positive, got {override}")
         return v, v
+    if not mx and not require_mpp:
+        return float("nan"), float("nan")  # pixel reads at a level need no mpp
     if not mx:
         raise SlideError(
             f"{path.name}: no microns-per-pixel (mpp) in the slide metadata; "
@@ -472,7 +474,7 @@ def _resolve_mpp(path: Path, mx, my, override) -> tuple[float, float]:
 _OPENSLIDE_TIFF_FLAVOURS = ("is_ndpi", "is_scn", "is_philips", "is_bif", "is_qpi")
 
 
-def open_slide(path: str | os.PathLike, mpp_override: float | None = None) -> Slide:
+def open_slide(path: str | os.PathLike, mpp_override: float | None = None, *, require_mpp: bool = True) -> Slide:
     """Open a whole-slide image with the fastest backend that reads it.
 
     Parameters
@@ -481,6 +483,10 @@ def open_slide(path: str | os.PathLike, mpp_override: float | None = None) -> Sl
     mpp_override : float, optional
         Level-0 resolution in µm/px to use instead of the file's metadata
         (for slides whose metadata lacks it).
+    require_mpp : bool
+        When False, a slide without mpp metadata (and no override) opens with
+        ``mpp_x = mpp_y = nan`` instead of raising: reading stored pixels at a
+        level needs no physical resolution (used by the pixel readers).
 
     Returns
     -------
@@ -510,7 +516,7 @@ def open_slide(path: str | os.PathLike, mpp_override: float | None = None) -> Sl
     if tif is not None:
         if not any(getattr(tif, flag, False) for flag in _OPENSLIDE_TIFF_FLAVOURS) and tif.series:
             try:
-                slide = TiffSlide(path, tif, mpp_override)
+                slide = TiffSlide(path, tif, mpp_override, require_mpp)
                 _check_tiff_complete(slide)
                 return slide
             except SlideError:
@@ -529,7 +535,7 @@ def open_slide(path: str | os.PathLike, mpp_override: float | None = None) -> Sl
         if tiff_error is not None:
             cause = f"not a TIFF ({tiff_error}) and OpenSlide cannot read it ({cause})"
         raise SlideError(f"{path.name}: not a readable slide: {cause}") from None
-    return OpenSlideSlide(path, osr, mpp_override)
+    return OpenSlideSlide(path, osr, mpp_override, require_mpp)
 
 
 def _check_tiff_complete(slide: TiffSlide) -> None:

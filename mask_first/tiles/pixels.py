@@ -15,6 +15,7 @@ import numpy as np
 
 from mask_first.io import as_table, atomic_path
 from mask_first.slides import Slide, open_slide
+from mask_first.tiles.columns import broadcast, column_length, group_rows, take
 
 __all__ = [
     "read_slide_tiles",
@@ -58,7 +59,7 @@ def iter_slide_tiles(
     """
     xs, ys = _coords(tile_x, tile_y)
     own = not isinstance(slide, Slide)
-    s = open_slide(slide, mpp_override) if own else slide
+    s = open_slide(slide, mpp_override, require_mpp=False) if own else slide
     try:
         buf = np.empty((min(batch_size, max(len(xs), 1)), tile_extent_y, tile_extent_x, 3), np.uint8)
         for start in range(0, len(xs), batch_size):
@@ -71,54 +72,117 @@ def iter_slide_tiles(
             s.close()
 
 
+def _read_into(slide: Slide, level: int, xs, ys, ex: int, ey: int, out: np.ndarray, threads: int) -> None:
+    # decode straight into the result, batch by batch (the decoded-segment cache stays small)
+    for start in range(0, len(xs), DEFAULT_BATCH):
+        sl = slice(start, start + DEFAULT_BATCH)
+        slide.read_regions_into(level, xs[sl], ys[sl], ex, ey, out[sl], threads=threads)
+
+
 def read_slide_tiles(
-    path: Slide | str | os.PathLike,
+    path,
     tile_x,
     tile_y,
-    tile_extent_x: int,
-    tile_extent_y: int,
-    level: int,
+    tile_extent_x,
+    tile_extent_y,
+    level,
     *,
     threads: int = 1,
-    mpp_override: float | None = None,
+    mpp_override=None,
 ) -> np.ndarray:
-    """RGB pixels of many tiles of one slide level.
+    """RGB pixels of many tiles, of one slide or of a tile table spanning many.
+
+    Every per-tile argument is a scalar (shared by all tiles) or a column of
+    length N (numpy array, pandas Series, pyarrow Array, list), as in the
+    seed's ``read_slide_tiles(col("path"), col("tile_x"), col("tile_y"),
+    col("tile_extent_x"), col("tile_extent_y"), col("level"))``. Rows are
+    grouped by slide (each file opened once) and, within a slide, by (level,
+    extent); results are in input order. No mpp is needed: pixels are read at
+    a stored level, so slides without mpp metadata read fine.
 
     Parameters
     ----------
-    path : path-like or Slide
-    tile_x, tile_y : array of int, shape (N,)
-        Top-left corners in pixels of ``level``.
-    tile_extent_x, tile_extent_y : int
+    path : path-like, Slide, or column of path-likes, shape (N,)
+    tile_x, tile_y : int or column of int, shape (N,)
+        Top-left corners in pixels of each tile's ``level``.
+    tile_extent_x, tile_extent_y : int or column of int, shape (N,)
         Tile width and height in pixels of ``level``.
-    level : int
-        Pyramid level.
+    level : int or column of int, shape (N,)
+        Pyramid level of each tile.
     threads : int
         Decoder threads (JPEG / JPEG 2000 decoding releases the GIL).
-    mpp_override : float, optional
-        Passed to :func:`~mask_first.slides.open_slide`; only needed for slides
-        without mpp metadata.
+    mpp_override : float or column of float, optional
+        Passed to :func:`~mask_first.slides.open_slide` (one value per slide);
+        only changes the slide's reported mpp, never the pixels read.
 
     Returns
     -------
     ndarray of uint8, shape (N, tile_extent_y, tile_extent_x, 3)
-        (tile, y, x, RGB); area outside the slide is white, matching
-        OpenSlide's ``read_region`` composited on white. Use
-        :func:`iter_slide_tiles` to stream instead of holding all tiles.
+        (tile, y, x, RGB) when every tile has the same extent; area outside
+        the slide is white, matching OpenSlide's ``read_region`` composited on
+        white. When extents differ between rows, an object ndarray of shape
+        (N,) holding one (tile_extent_y_i, tile_extent_x_i, 3) array per tile
+        (the seed's ragged tensor column). Use :func:`iter_slide_tiles` to
+        stream instead of holding all tiles.
     """
-    xs, ys = _coords(tile_x, tile_y)
-    out = np.empty((len(xs), tile_extent_y, tile_extent_x, 3), np.uint8)
-    own = not isinstance(path, Slide)
-    slide = open_slide(path, mpp_override) if own else path
-    try:
-        # decode straight into the result, batch by batch (the decoded-segment cache stays small)
-        for start in range(0, len(xs), DEFAULT_BATCH):
-            sl = slice(start, start + DEFAULT_BATCH)
-            slide.read_regions_into(level, xs[sl], ys[sl], tile_extent_x, tile_extent_y, out[sl], threads=threads)
-    finally:
-        if own:
-            slide.close()
+    n = column_length(path=path, tile_x=tile_x, tile_y=tile_y, tile_extent_x=tile_extent_x,
+                      tile_extent_y=tile_extent_y, level=level, mpp_override=mpp_override)
+    n = 1 if n is None else n
+    xs = np.broadcast_to(broadcast(tile_x, n, np.int64), (n,))
+    ys = np.broadcast_to(broadcast(tile_y, n, np.int64), (n,))
+    ex, ey, lv = (broadcast(v, n, np.int64) for v in (tile_extent_x, tile_extent_y, level))
+    ex, ey = _uniform(ex), _uniform(ey)
+    ragged = isinstance(ex, np.ndarray) or isinstance(ey, np.ndarray)
+    out = np.empty(n, object) if ragged else np.empty((n, int(ey), int(ex), 3), np.uint8)
+    overrides = broadcast(mpp_override, n, None) if mpp_override is not None else None
+    groups = [(path, slice(0, n))] if isinstance(path, Slide) else group_rows(path, n)
+    for key, index in groups:
+        own = not isinstance(key, Slide)
+        override = take(overrides, index) if overrides is not None else None
+        if isinstance(override, np.ndarray):
+            override = override[0] if len(override) else None
+        slide = open_slide(key, override, require_mpp=False) if own else key
+        try:
+            gx, gy = xs[index], ys[index]
+            for (g_lv, g_ex, g_ey), sub in _read_groups(take(lv, index), take(ex, index), take(ey, index), len(gx)):
+                if ragged:
+                    tiles = np.empty((len(gx[sub]), g_ey, g_ex, 3), np.uint8)
+                    _read_into(slide, g_lv, gx[sub], gy[sub], g_ex, g_ey, tiles, threads)
+                    rows = np.arange(n)[index][sub]
+                    for k, t in zip(rows.tolist(), tiles):
+                        out[k] = t
+                elif isinstance(index, slice) and isinstance(sub, slice):
+                    # a contiguous run: decode straight into the result
+                    start = index.start + sub.start
+                    _read_into(slide, g_lv, gx[sub], gy[sub], g_ex, g_ey, out[start : start + (sub.stop - sub.start)], threads)
+                else:
+                    tiles = np.empty((len(gx[sub]), g_ey, g_ex, 3), np.uint8)
+                    _read_into(slide, g_lv, gx[sub], gy[sub], g_ex, g_ey, tiles, threads)
+                    out[np.arange(n)[index][sub]] = tiles
+        finally:
+            if own:
+                slide.close()
     return out
+
+
+def _uniform(v):
+    """A column whose values are all equal as that scalar; otherwise unchanged."""
+    if isinstance(v, np.ndarray) and len(v) and (v == v[0]).all():
+        return v[0]
+    return v
+
+
+def _read_groups(lv, ex, ey, n: int) -> list[tuple[tuple[int, int, int], slice | np.ndarray]]:
+    """Rows of one slide grouped by (level, extent_x, extent_y), each group in input order."""
+    if not any(isinstance(v, np.ndarray) for v in (lv, ex, ey)):
+        return [((int(lv), int(ex), int(ey)), slice(0, n))]
+    keys = np.empty((n, 3), np.int64)
+    keys[:, 0], keys[:, 1], keys[:, 2] = lv, ex, ey
+    uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
+    inverse = inverse.ravel()
+    if len(uniq) == 1:
+        return [(tuple(int(v) for v in uniq[0]), slice(0, n))]
+    return [(tuple(int(v) for v in u), np.flatnonzero(inverse == k)) for k, u in enumerate(uniq)]
 
 
 def tile_pixel_std(tiles: np.ndarray) -> np.ndarray:
@@ -238,7 +302,7 @@ def write_tile_pixels(
                 writer.write_table(chunk)
                 pending, start = [], upto
 
-            with open_slide(slide_path, mpp_override) as slide:
+            with open_slide(slide_path, mpp_override, require_mpp=False) as slide:
                 for sl, batch in iter_slide_tiles(
                     slide, xs, ys, tile_extent_x, tile_extent_y, level,
                     batch_size=min(batch_size, row_group_tiles), threads=threads,

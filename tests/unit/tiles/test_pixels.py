@@ -87,3 +87,99 @@ def test_failed_pixel_write_leaves_no_file(tmp_path, small_tiff):
         write_tile_pixels(out, small_tiff, pd.DataFrame({"x": [0], "y": [0]}), level=0,
                           tile_extent_x=8, tile_extent_y=8, encoding="webp")
     assert list(tmp_path.iterdir()) == [small_tiff]
+
+
+# ---------------------------------------------------------------------------
+# the seed's argument forms: a tile table spanning several slides
+# ---------------------------------------------------------------------------
+
+THREE = ["CMU-1-Small-Region.svs", "CMU-1-Small-Region_generic-pyramid_jpeg.tif", "tcga-cr-7395-01a-01-ts1.svs"]
+
+
+def _openslide_tile(osr, x, y, ex, ey, level, _levels={}):
+    """OpenSlide's pixels of a tile of ``level``, composited on white.
+
+    Cropped from one read of the whole level: read_region takes level-0
+    coordinates, and with a non-integer downsample (2.0005) x * downsample is
+    no integer, so OpenSlide would resample at a sub-pixel offset.
+    """
+    key = (osr, level)
+    if key not in _levels:
+        rgba = np.asarray(osr.read_region((0, 0), level, osr.level_dimensions[level])).astype(np.float64)
+        a = rgba[..., 3:] / 255
+        _levels[key] = rgba[..., :3] * a + 255 * (1 - a)
+    full = _levels[key]
+    ref = np.full((ey, ex, 3), 255.0)
+    sub = full[y : y + ey, x : x + ex]
+    ref[: sub.shape[0], : sub.shape[1]] = sub
+    return ref
+
+
+def _mixed_table(shared_slides, extents):
+    rng = np.random.default_rng(4)
+    rows = []
+    for name in THREE:
+        osr = openslide.OpenSlide(str(shared_slides / name))
+        for level in range(min(osr.level_count, 3)):
+            w, h = osr.level_dimensions[level]
+            for _ in range(6):
+                ex, ey = extents(rng)
+                rows.append({"path": str(shared_slides / name), "tile_x": int(rng.integers(0, max(1, w - 50))),
+                             "tile_y": int(rng.integers(0, max(1, h - 50))), "tile_extent_x": ex,
+                             "tile_extent_y": ey, "level": level})
+    return pd.DataFrame(rows).sample(frac=1.0, random_state=1).reset_index(drop=True)
+
+
+def test_columns_over_three_slides_with_per_row_levels_and_extents_match_openslide(shared_slides):
+    # tcga has no mpp in the file and gets no override: pixel reads need none
+    tiles = _mixed_table(shared_slides, lambda rng: (int(rng.integers(60, 200)), int(rng.integers(60, 200))))
+    got = read_slide_tiles(tiles["path"], tiles["tile_x"], tiles["tile_y"], tiles["tile_extent_x"],
+                           tiles["tile_extent_y"], tiles["level"])
+    assert got.dtype == object and len(got) == len(tiles)  # extents differ: one array per tile
+    handles = {p: openslide.OpenSlide(p) for p in tiles["path"].unique()}
+    for k, r in enumerate(tiles.itertuples()):
+        assert got[k].shape == (r.tile_extent_y, r.tile_extent_x, 3) and got[k].dtype == np.uint8
+        if r.path.endswith("generic-pyramid_jpeg.tif") and r.level > 0:
+            # OpenSlide decodes the 4:2:0 JPEG of this pyramid's reduced levels with other
+            # chroma upsampling (2-4 grey levels apart); libvips' own decode is the reference
+            import pyvips
+
+            img = pyvips.Image.tiffload(r.path, page=r.level)
+            w, h = min(r.tile_extent_x, img.width - r.tile_x), min(r.tile_extent_y, img.height - r.tile_y)
+            ref = np.full((r.tile_extent_y, r.tile_extent_x, 3), 255, np.uint8)
+            ref[:h, :w] = img.crop(r.tile_x, r.tile_y, w, h).numpy()[..., :3]
+            np.testing.assert_array_equal(got[k], ref)
+        else:
+            ref = _openslide_tile(handles[r.path], r.tile_x, r.tile_y, r.tile_extent_x, r.tile_extent_y, r.level)
+            assert np.abs(got[k] - ref).mean() < 1.0, (r.path, r.level, r.tile_x, r.tile_y)
+        # and exactly the per-slide scalar call
+        one = read_slide_tiles(r.path, [r.tile_x], [r.tile_y], r.tile_extent_x, r.tile_extent_y, r.level)
+        np.testing.assert_array_equal(got[k], one[0])
+
+
+@pytest.mark.parametrize("form", ["pyarrow", "numpy"])
+def test_uniform_extent_columns_give_one_array_in_input_order(shared_slides, form):
+    import pyarrow as pa
+
+    tiles = _mixed_table(shared_slides, lambda rng: (96, 80))
+    conv = pa.array if form == "pyarrow" else (lambda s: s.to_numpy())
+    got = read_slide_tiles(*(conv(tiles[c]) for c in ("path", "tile_x", "tile_y", "tile_extent_x",
+                                                      "tile_extent_y", "level")), threads=2)
+    assert got.shape == (len(tiles), 80, 96, 3) and got.dtype == np.uint8
+    for (path, level), g in tiles.groupby(["path", "level"]):
+        ref = read_slide_tiles(path, g["tile_x"].to_numpy(), g["tile_y"].to_numpy(), 96, 80, int(level))
+        np.testing.assert_array_equal(got[g.index.to_numpy()], ref)
+
+
+def test_slide_without_mpp_reads_pixels_without_an_override(shared_slides):
+    path = shared_slides / "tcga-cr-7395-01a-01-ts1.svs"
+    xs, ys = np.array([0, 1000, 4400]), np.array([0, 700, 3500])
+    plain = read_slide_tiles(path, xs, ys, 256, 256, 0)
+    np.testing.assert_array_equal(plain, read_slide_tiles(path, xs, ys, 256, 256, 0, mpp_override=0.25))
+    osr = openslide.OpenSlide(str(path))
+    for k in range(3):
+        assert np.abs(plain[k] - _openslide_tile(osr, xs[k], ys[k], 256, 256, 0)).mean() < 1.0
+    from mask_first.slides import SlideError, open_slide
+
+    with pytest.raises(SlideError, match="no microns-per-pixel"):
+        open_slide(path)  # everything that needs mpp still asks for it

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mask_first.columns import is_column, to_numpy
 from mask_first.ids import stable_id
 
 __all__ = [
@@ -639,6 +640,27 @@ def slide_row(
     return row
 
 
+#: file name endings read_slides picks from a directory (the seed's list)
+SLIDE_EXTENSIONS = (
+    ".svs", ".tif", ".tiff", ".dcm", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".czi",
+)
+
+
+def _slide_paths(paths) -> list:
+    """Slide files from a file, a directory, or a list / column of files."""
+    if isinstance(paths, (str, os.PathLike)):
+        p = Path(paths)
+        if p.is_dir():
+            found = sorted(str(f) for f in p.iterdir() if f.is_file() and f.name.lower().endswith(SLIDE_EXTENSIONS))
+            if not found:
+                raise SlideError(f"{p}: directory holds no slide files ({', '.join(SLIDE_EXTENSIONS)})")
+            return found
+        return [paths]
+    if is_column(paths) and not isinstance(paths, (list, tuple)):
+        return to_numpy(paths).tolist()
+    return list(paths)
+
+
 def read_slides(
     paths: str | os.PathLike | Iterable[str | os.PathLike],
     *,
@@ -652,7 +674,11 @@ def read_slides(
 
     Parameters
     ----------
-    paths : path or iterable of paths
+    paths : path, directory, or iterable / column of paths
+        A slide file, a directory (its files with a slide extension, see
+        :data:`SLIDE_EXTENSIONS`, sorted by name, like the seed's
+        ``read_slides("data", ...)``), or a list, numpy array, pandas Series
+        or pyarrow array of slide files.
     mpp : float, optional
         Target resolution in µm/px. The level read is chosen by :func:`choose_level`
         and ``tile_extent``/``stride`` are rescaled to that level so a tile covers
@@ -661,9 +687,9 @@ def read_slides(
         Pyramid level to tile; ``tile_extent``/``stride`` are then in its pixels.
     tile_extent, stride : int or (int, int)
         Tile size and step (x, y) in pixels at the target mpp (or ``level``).
-    mpp_override : float or sequence of float, optional
+    mpp_override : float or sequence / column of float, optional
         Level-0 µm/px to use instead of the metadata, one value for all slides or
-        one per slide (None where the metadata should be used).
+        one per slide (None or NaN where the metadata should be used).
 
     Returns
     -------
@@ -679,14 +705,11 @@ def read_slides(
     SlideError
         For the first slide that cannot be used, naming it and the cause.
     """
-    if isinstance(paths, (str, os.PathLike)):
-        paths = [paths]
-    paths = list(paths)
-    overrides = (
-        list(mpp_override)
-        if isinstance(mpp_override, Sequence) and not isinstance(mpp_override, str)
-        else [mpp_override] * len(paths)
-    )
+    paths = _slide_paths(paths)
+    if mpp_override is None or isinstance(mpp_override, (int, float)) or np.ndim(mpp_override) == 0:
+        overrides = [mpp_override] * len(paths)
+    else:
+        overrides = [None if v is None else float(v) for v in to_numpy(mpp_override).tolist()]
     if len(overrides) != len(paths):
         raise ValueError(f"{len(overrides)} mpp overrides for {len(paths)} slides")
     rows = [

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mask_first.tiles.columns import broadcast, column_length, group_rows, take, to_numpy
+from mask_first.columns import broadcast, column_length, group_rows, take, to_numpy
 from mask_first.tissue.overlay import read_mask_overlay
 
 __all__ = ["TileFractions", "overlap_fractions", "tile_overlay_overlap", "summed_area_table", "retain"]

@@ -9,13 +9,24 @@ import numpy as np
 __all__ = ["grid_tiles", "grid_shape"]
 
 
-def _pair(v, name: str) -> tuple[int, int]:
-    a, b = (v, v) if np.ndim(v) == 0 else v
-    if int(a) != a or int(b) != b:
+def _axes(v, name: str, ndim: int) -> tuple[int, ...]:
+    """Per-axis positive integers from a scalar or a sequence of ``ndim`` values."""
+    vals = [v] * ndim if np.ndim(v) == 0 else list(np.asarray(v).ravel())
+    if len(vals) != ndim:
+        raise ValueError(f"{name} has {len(vals)} axes, expected {ndim}: {v}")
+    if any(int(a) != a for a in vals):
         raise ValueError(f"{name} must be integers, got {v}")
-    if a <= 0 or b <= 0:
+    if any(a <= 0 for a in vals):
         raise ValueError(f"{name} must be positive, got {v}")
-    return int(a), int(b)
+    return tuple(int(a) for a in vals)
+
+
+def _ndim(*values) -> int:
+    """Number of axes: the length of the sequence-valued arguments (2 when all are scalars)."""
+    lengths = {int(np.size(v)) for v in values if np.ndim(v) > 0}
+    if len(lengths) > 1:
+        raise ValueError(f"slide_extent, tile_extent and stride have different numbers of axes: {values}")
+    return lengths.pop() if lengths else 2
 
 
 def _axis_starts(extent: int, tile: int, stride: int, last: str) -> np.ndarray:
@@ -35,12 +46,11 @@ def _axis_starts(extent: int, tile: int, stride: int, last: str) -> np.ndarray:
     return starts
 
 
-def grid_shape(slide_extent, tile_extent, stride, last: str = "keep") -> tuple[int, int]:
-    """(n_x, n_y): number of tile columns and rows :func:`grid_tiles` yields."""
-    ex, ey = _pair(slide_extent, "slide_extent")
-    tx, ty = _pair(tile_extent, "tile_extent")
-    sx, sy = _pair(stride, "stride")
-    return len(_axis_starts(ex, tx, sx, last)), len(_axis_starts(ey, ty, sy, last))
+def grid_shape(slide_extent, tile_extent, stride, last: str = "keep") -> tuple[int, ...]:
+    """Number of tiles along each axis (x first) that :func:`grid_tiles` yields."""
+    nd = _ndim(slide_extent, tile_extent, stride)
+    e, t, st = (_axes(v, n, nd) for v, n in ((slide_extent, "slide_extent"), (tile_extent, "tile_extent"), (stride, "stride")))
+    return tuple(len(_axis_starts(a, b, c, last)) for a, b, c in zip(e, t, st))
 
 
 def grid_tiles(
@@ -53,11 +63,13 @@ def grid_tiles(
 
     Parameters
     ----------
-    slide_extent : int or (int, int)
-        (width, height) of the slide level in pixels.
-    tile_extent : int or (int, int)
+    slide_extent : int or sequence of int
+        (width, height) of the slide level in pixels; any number of axes
+        (x, y, z, ...) like the seed's. Numpy integers and integral floats
+        (a pandas row's ``2220.0``) are accepted.
+    tile_extent : int or sequence of int
         (width, height) of a tile in pixels of the same level.
-    stride : int or (int, int)
+    stride : int or sequence of int
         (x, y) step between tiles in pixels of the same level.
     last : {"keep", "drop", "shift"}
         What to do where the last tile of a row/column would not fit:
@@ -69,8 +81,9 @@ def grid_tiles(
 
     Returns
     -------
-    ndarray of int64, shape (N, 2)
-        (x, y) pairs, x varying fastest (row-major over the grid).
+    ndarray of int64, shape (N, D)
+        (x, y, ...) corners, x varying fastest (row-major over the grid), as the
+        seed yields them; ``for x, y in grid_tiles(...)`` iterates the same.
 
     Examples
     --------
@@ -79,12 +92,12 @@ def grid_tiles(
     """
     if last not in ("keep", "drop", "shift"):
         raise ValueError(f"last must be 'keep', 'drop' or 'shift', got {last!r}")
-    ex, ey = _pair(slide_extent, "slide_extent")
-    tx, ty = _pair(tile_extent, "tile_extent")
-    sx, sy = _pair(stride, "stride")
-    xs = _axis_starts(ex, tx, sx, last)
-    ys = _axis_starts(ey, ty, sy, last)
-    out = np.empty((len(ys), len(xs), 2), np.int64)
-    out[..., 0] = xs[None, :]
-    out[..., 1] = ys[:, None]
-    return out.reshape(-1, 2)
+    nd = _ndim(slide_extent, tile_extent, stride)
+    e, t, st = (_axes(v, n, nd) for v, n in ((slide_extent, "slide_extent"), (tile_extent, "tile_extent"), (stride, "stride")))
+    starts = [_axis_starts(a, b, c, last) for a, b, c in zip(e, t, st)]
+    # meshgrid in reversed axis order makes the first axis (x) vary fastest
+    grids = np.meshgrid(*starts[::-1], indexing="ij")
+    out = np.empty((int(np.prod([len(v) for v in starts])), nd), np.int64)
+    for k, g in enumerate(grids[::-1]):
+        out[:, k] = g.ravel()
+    return out

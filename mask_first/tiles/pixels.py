@@ -15,7 +15,7 @@ import numpy as np
 
 from mask_first.io import as_table, atomic_path
 from mask_first.slides import Slide, open_slide
-from mask_first.tiles.columns import broadcast, column_length, group_rows, take
+from mask_first.columns import broadcast, column_length, group_rows, take
 
 __all__ = [
     "read_slide_tiles",

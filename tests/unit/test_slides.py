@@ -175,3 +175,26 @@ def test_corrupt_tile_data_is_a_one_line_error_naming_file_and_place(tmp_path):
             with pytest.raises(SlideError, match=r"corrupt.tiff: corrupt image data in level 0 at stored tile \(x=256, y=256\)") as err:
                 s.read_region(0, x, y, w, h)
             assert "\n" not in str(err.value)
+
+
+def test_read_slides_takes_a_directory_and_path_columns_like_the_seed(shared_slides, tmp_path):
+    import pandas as pd
+    import pyarrow as pa
+
+    from mask_first.slides import read_slides
+
+    names = ["CMU-1-Small-Region.svs", "CMU-1-Small-Region_generic-pyramid_jpeg.tif", "tcga-cr-7395-01a-01-ts1.svs"]
+    for n in names:
+        (tmp_path / n).symlink_to(shared_slides / n)
+    (tmp_path / "notes.txt").write_text("not a slide")
+    kw = dict(mpp=0.5, tile_extent=256, stride=256)
+    # reference: one call per slide, in name order
+    ref = pd.concat([read_slides(str(tmp_path / n), mpp_override=0.25 if n.startswith("tcga") else None, **kw)
+                     for n in sorted(names)], ignore_index=True)
+    overrides = [0.25 if n.startswith("tcga") else None for n in sorted(names)]
+    got_dir = read_slides(tmp_path, mpp_override=overrides, **kw)
+    pd.testing.assert_frame_equal(got_dir, ref)
+    paths = pd.Series([str(tmp_path / n) for n in sorted(names)])
+    pd.testing.assert_frame_equal(read_slides(paths, mpp_override=pd.Series(overrides, dtype=float), **kw), ref)
+    pd.testing.assert_frame_equal(read_slides(pa.array(paths), mpp_override=overrides, **kw), ref)
+    assert ref.loc[2, "level0_mpp_x"] == 0.25 and ref.loc[0, "level0_mpp_x"] == pytest.approx(0.499)

@@ -71,3 +71,38 @@ def test_grid_matches_brute_force_enumeration(ex, ey, tx, ty, sx, sy, last):
         assert got[:, 0].max() + tx >= ex and got[:, 1].max() + ty >= ey
     if last in ("drop", "shift") and len(got):  # never past the edge unless the tile is bigger than the slide
         assert got[:, 0].max() + tx <= max(ex, tx) and got[:, 1].max() + ty <= max(ey, ty)
+
+
+def _seed_grid(slide_extent, tile_extent, stride, last):
+    """The seed's grid written from its documented rule: per axis ceil (keep/shift) or floor (drop)
+    of (extent - tile) / stride steps, x fastest, shift clamps to extent - tile."""
+    import itertools
+    import math
+
+    e, t, s = (list(v) for v in (slide_extent, tile_extent, stride))
+    steps = [(math.floor if last == "drop" else math.ceil)((a - b) / c) for a, b, c in zip(e, t, s)]
+    out = []
+    for idx in itertools.product(*(range(m + 1) for m in steps[::-1])):
+        pos = [i * c for i, c in zip(idx[::-1], s)]
+        if last == "shift":
+            pos = [min(p, a - b) for p, a, b in zip(pos, e, t)]
+        out.append(pos)
+    return out
+
+
+@pytest.mark.parametrize("last", ["keep", "drop", "shift"])
+@pytest.mark.parametrize(
+    "extent, tile, stride",
+    [((2220, 2967), (257, 257), (257, 257)), ((1000, 700), (256, 128), (200, 100)), ((50, 40, 30), (16, 8, 8), (10, 8, 7))],
+)
+def test_grid_matches_the_seeds_rule_for_numpy_and_pandas_row_values(extent, tile, stride, last):
+    import numpy as np
+    import pandas as pd
+
+    ref = _seed_grid(extent, tile, stride, last)
+    # a pandas row of a numeric table hands out floats (2220.0), Ray rows numpy ints
+    row = pd.Series({f"e{k}": float(v) for k, v in enumerate(extent)})
+    got = grid_tiles(slide_extent=tuple(row), tile_extent=tuple(np.int64(v) for v in tile),
+                     stride=np.asarray(stride, np.int32), last=last)
+    assert got.tolist() == ref
+    assert [list(map(int, p)) for p in grid_tiles(extent, tile, stride, last=last)] == ref

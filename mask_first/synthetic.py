@@ -480,7 +480,7 @@ def _make_layout(
         eosin=eosin,
         hematoxylin=hematoxylin,
         density=density,
-        inks=_make_inks(width, height, seed, tuple(inks), regions),
+        inks=_make_inks(width, height, seed, tuple(inks), regions[:n_regions]),
         dust=_make_dust(width, height, seed, int(dust), mpp),
         stain=stain,
     )
@@ -598,11 +598,14 @@ def _make_inks(width: int, height: int, seed: int, colours: tuple[str, ...], reg
         target = regions[k % len(regions)].ellipses[0]
         half_width = min(max(0.01 * min(width, height), 8.0), 600.0) * float(_uniform(rng, 0.7, 1.3))
         angle = float(_uniform(rng, 0.0, math.pi))
-        length = 2.2 * max(target.a, target.b)
+        # long enough to leave the region on both sides, short enough to stay mostly on the slide
+        length = min(2.6 * max(max(r.ellipses[0].a, r.ellipses[0].b) for r in regions), 0.6 * min(width, height))
+        cx = float(np.clip(target.cx, 0.3 * width, 0.7 * width))
+        cy = float(np.clip(target.cy, 0.3 * height, 0.7 * height))
         t = np.linspace(-0.5, 0.5, 41)
         wobble = 0.08 * length * np.sin(2 * math.pi * (t * float(_uniform(rng, 0.7, 1.5)) + float(_uniform(rng, 0, 1))))
-        xs = target.cx + t * length * math.cos(angle) - wobble * math.sin(angle)
-        ys = target.cy + t * length * math.sin(angle) + wobble * math.cos(angle)
+        xs = cx + t * length * math.cos(angle) - wobble * math.sin(angle)
+        ys = cy + t * length * math.sin(angle) + wobble * math.cos(angle)
         xs = np.clip(xs, half_width, width - half_width)
         ys = np.clip(ys, half_width, height - half_width)
         streaks = _WaveField.random(rng, 5, (0.5 * half_width, 8.0 * half_width), 0.12)

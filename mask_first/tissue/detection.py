@@ -136,13 +136,15 @@ _METHOD_PARAMS: dict[str, dict[str, Any]] = {
     "od": {
         "closing_um": 8.0,
         "opening_um": 0.0,
-        # smaller achromatic tissue components are labelled DEBRIS (µm²; 2000 µm² ~ 31 px at 8 µm/px)
-        "min_object_um2": 2000.0,
+        # smaller achromatic tissue components are labelled DEBRIS (µm²; 4000 µm² ~ 62 px at 8 µm/px)
+        "min_object_um2": 4000.0,
         # achromatic = spread of the component's unit OD vector (max - min over R, G, B) below this
         "debris_max_chroma": 0.12,
         "min_hole_um2": 0.0,
         # tissue = mean optical density over R, G, B >= this (relative to the glass white point)
         "min_od": 0.08,
+        # lowest threshold for slides whose tissue is faint (see _od_threshold); glass noise is ~0.005
+        "faint_min_od": 0.03,
         "detect_ink": True,
         # ink: mean OD at least this
         "ink_min_od": 0.25,
@@ -156,6 +158,8 @@ _METHOD_PARAMS: dict[str, dict[str, Any]] = {
         "ink_min_elongation": 5.0,
         # ink components smaller than this (µm²) are ignored
         "ink_min_area_um2": 20000.0,
+        # accepted strokes grow this far (µm) into adjacent dense pixels of a looser colour test
+        "ink_grow_um": 48.0,
         # dilation of the ink label over its anti-aliased edge (µm)
         "ink_margin_um": 16.0,
     },
@@ -637,7 +641,9 @@ def _od_labels(
     flat = rgb[inner].reshape(-1, 3)
     flat = flat[:: max(1, flat.shape[0] // 1_000_000)]
     grey = flat.astype(np.uint16).sum(axis=1)
-    white = np.clip(np.median(flat[grey >= np.percentile(grey, 90)], axis=0), 200, 255)
+    # pure white (>= 254 everywhere) is fill around a cut-down or stitched image, not glass
+    glassy = flat[(grey >= np.percentile(grey, 90)) & (flat.min(axis=1) < 254)]
+    white = np.clip(np.median(glassy, axis=0), 200, 255) if len(glassy) else np.full(3, 255.0)
     # OD per channel by lookup: log10(I0 / I), I clipped to >= 1, glass-bright pixels at 0
     levels = np.arange(256, dtype=np.float32)
     od = np.empty(rgb.shape, np.float32)
@@ -645,8 +651,9 @@ def _od_labels(
         lut = np.maximum(np.log10(np.float32(white[c]) / np.maximum(levels, 1)), 0).astype(np.float32)
         od[:, :, c] = lut[rgb[:, :, c]]
     density = od.mean(axis=2)
-    tissue = density >= float(p["min_od"])
-    stats: dict[str, Any] = {"white_point": [round(float(v), 1) for v in white], "min_od": float(p["min_od"])}
+    threshold, stats = _od_threshold(density[inner], p)
+    stats["white_point"] = [round(float(v), 1) for v in white]
+    tissue = density >= threshold
     ink = np.zeros(tissue.shape, bool)
     if p["detect_ink"] and tissue.any():
         ink = _ink(od, density, tissue, mpp, p, stats)
@@ -659,6 +666,21 @@ def _od_labels(
         labels[debris] = DEBRIS
     labels[ink] = INK
     return labels, stats
+
+
+def _od_threshold(density: np.ndarray, p: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+    """``min_od``, or ``faint_min_od`` on slides whose tissue is mostly faint.
+
+    Faint: at least half as many pixels lie in ``[faint_min_od, min_od)`` as
+    at or above ``min_od`` (on a normal slide the in-between pixels are only
+    tissue edges, a few per cent).
+    """
+    lo, hi = float(p["faint_min_od"]), float(p["min_od"])
+    between = int(np.count_nonzero((density >= lo) & (density < hi)))
+    above = int(np.count_nonzero(density >= hi))
+    faint = between >= 0.5 * above and between >= 0.01 * density.size
+    used = lo if faint else hi
+    return used, {"od_threshold": used, "faint": faint}
 
 
 def _debris(tissue: np.ndarray, od: np.ndarray, mpp: float, p: dict[str, Any]) -> np.ndarray:
@@ -690,7 +712,14 @@ def _ink(
     ref /= max(float(np.linalg.norm(ref)), 1e-6)
     angle = np.degrees(np.arccos(np.clip(unit @ ref.astype(np.float32), -1, 1)))
     black = (unit.max(axis=2) - unit.min(axis=2) < 0.15) & (density >= float(p["ink_black_min_od"]))
-    cand = tissue & (density >= float(p["ink_min_od"])) & ((angle >= float(p["ink_min_angle_deg"])) | black)
+    # local (3 x 3) coefficient of variation of the density: a dye film is smooth, tissue has cells
+    mean = cv2.blur(density, (3, 3))
+    sq = cv2.blur(density * density, (3, 3))
+    cv = np.sqrt(np.maximum(sq - mean * mean, 0)) / np.maximum(mean, 1e-3)
+    smooth = cv < float(p["ink_max_cv"])
+    dense = tissue & (density >= float(p["ink_min_od"]))
+    # ink of the stain's own hue (a blue marker on Giemsa) is told by smoothness and shape alone
+    cand = dense & ((angle >= float(p["ink_min_angle_deg"])) | black | (smooth & (density >= 2 * float(p["ink_min_od"]))))
     stats["stain_od_vector"] = [round(float(v), 3) for v in ref]
     stats["ink_components"] = 0
     cand = cv2.morphologyEx(cand.astype(np.uint8), cv2.MORPH_CLOSE, _disk(1.5))
@@ -700,11 +729,7 @@ def _ink(
     area = cstats[:, cv2.CC_STAT_AREA].astype(np.float64)
     inside = cand > 0
     lab = labels[inside]
-    # uniformity: a dye film has a low local coefficient of variation of the density (3 x 3), tissue has cells
-    mean = cv2.blur(density, (3, 3))
-    sq = cv2.blur(density * density, (3, 3))
-    cv = np.sqrt(np.maximum(sq - mean * mean, 0)) / np.maximum(mean, 1e-3)
-    uniform = np.bincount(lab, weights=cv[inside] < float(p["ink_max_cv"]), minlength=n) >= 0.5 * area
+    uniform = np.bincount(lab, weights=smooth[inside], minlength=n) >= 0.5 * area
     # stroke shape: length / width = area / (2 r)², r = largest inscribed radius (distance transform)
     dist = cv2.distanceTransform(cand, cv2.DIST_L2, 5)
     radius = np.zeros(n)
@@ -721,6 +746,13 @@ def _ink(
     keep[0] = False
     stats["ink_components"] = int(keep.sum())
     ink = keep[labels]
+    # hysteresis: grow the accepted strokes into adjacent dense pixels of a looser colour test (ink over
+    # tissue mixes with the stain), a few pixels at a time so it cannot flood the tissue
+    loose = (dense & ((angle >= 0.6 * float(p["ink_min_angle_deg"])) | smooth)).astype(np.uint8)
+    grow = ink.astype(np.uint8)
+    for _ in range(max(1, round(float(p["ink_grow_um"]) / mpp))):
+        grow = cv2.dilate(grow, np.ones((3, 3), np.uint8)) & loose | grow
+    ink = grow.astype(bool)
     margin = _disk(float(p["ink_margin_um"]) / mpp)
     if margin is not None and ink.any():
         # the stroke's soft edge: absorbing pixels next to the core

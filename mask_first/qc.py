@@ -1,4 +1,9 @@
-"""Quality-control pictures: a slide thumbnail with the mask outline and the retained tiles."""
+"""Quality-control pictures: a slide thumbnail with the outline of every mask class and the retained tiles.
+
+Class colours (labels of :data:`mask_first.tissue.detection.LABELS`, repeated
+here so a QC job does not import the detector): tissue (255) red, ink (64)
+blue, debris (32) orange; any other non-zero label of a user mask magenta.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,9 @@ __all__ = ["thumbnail", "qc_thumbnail", "outline"]
 
 MASK_COLOUR = np.array([230, 20, 20], np.uint8)
 TILE_COLOUR = np.array([0, 150, 60], np.uint8)
+#: outline colour per mask label (255 tissue, 64 ink, 32 debris)
+CLASS_COLOURS = {255: MASK_COLOUR, 64: np.array([20, 60, 255], np.uint8), 32: np.array([255, 150, 0], np.uint8)}
+OTHER_COLOUR = np.array([220, 0, 220], np.uint8)
 
 
 def thumbnail(slide: Slide, size: int = 1024) -> tuple[np.ndarray, float, float]:
@@ -74,7 +82,7 @@ def qc_thumbnail(
     mask: tuple[np.ndarray, tuple[float, float]] | None = None,
     size: int = 1024,
 ) -> np.ndarray:
-    """Thumbnail with the tissue-mask outline (red) and the retained tiles (green).
+    """Thumbnail with the outline of each mask class (tissue red, ink blue, debris orange) and the retained tiles (green).
 
     Parameters
     ----------
@@ -86,7 +94,7 @@ def qc_thumbnail(
     tile_mpp : (float, float)
         (mpp_x, mpp_y) of that level in µm/px.
     mask : (ndarray (H, W), (mpp_x, mpp_y)), optional
-        Tissue mask (255 = tissue) and its resolution.
+        Label mask (255 tissue, 64 ink, 32 debris, 0 background) and its resolution.
     size : int
         Longer side of the picture in pixels.
 
@@ -124,6 +132,8 @@ def qc_thumbnail(
         img[covered & grid] = TILE_COLOUR
     if mask is not None:
         m, mmpp = mask
-        resampled = _resample_nearest(m, mmpp, (h, w), (tmx, tmy)) == 255
-        img[outline(resampled)] = MASK_COLOUR
+        resampled = _resample_nearest(m, mmpp, (h, w), (tmx, tmy))
+        # tissue last, so its outline wins where classes touch
+        for value in sorted((int(v) for v in np.unique(resampled) if v), key=lambda v: (v == 255, v)):
+            img[outline(resampled == value)] = CLASS_COLOURS.get(value, OTHER_COLOUR)
     return img

@@ -719,7 +719,8 @@ def _ink(
     smooth = cv < float(p["ink_max_cv"])
     dense = tissue & (density >= float(p["ink_min_od"]))
     # ink of the stain's own hue (a blue marker on Giemsa) is told by smoothness and shape alone
-    cand = dense & ((angle >= float(p["ink_min_angle_deg"])) | black | (smooth & (density >= 2 * float(p["ink_min_od"]))))
+    off_stain = (angle >= float(p["ink_min_angle_deg"])) | black
+    cand = dense & (off_stain | (smooth & (density >= 2 * float(p["ink_min_od"]))))
     stats["stain_od_vector"] = [round(float(v), 3) for v in ref]
     stats["ink_components"] = 0
     cand = cv2.morphologyEx(cand.astype(np.uint8), cv2.MORPH_CLOSE, _disk(1.5))
@@ -742,7 +743,9 @@ def _ink(
     ring_bg = np.bincount(ring_labels[ring & ~tissue], minlength=n)
     on_glass = ring_bg >= 0.5 * np.maximum(ring_n, 1)
     big = area >= float(p["ink_min_area_um2"]) / mpp**2
-    keep = big & uniform & ((elongation >= float(p["ink_min_elongation"])) | on_glass)
+    # off the stain (or black) for most of its pixels, or else smooth: ink of the stain's own hue
+    off = np.bincount(lab, weights=off_stain[inside], minlength=n) >= 0.5 * area
+    keep = big & (off | uniform) & ((elongation >= float(p["ink_min_elongation"])) | on_glass)
     keep[0] = False
     stats["ink_components"] = int(keep.sum())
     ink = keep[labels]

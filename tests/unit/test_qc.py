@@ -35,3 +35,28 @@ def test_retained_tiles_are_tinted_exactly_where_they_are(small_tiff):
     expected[0:100, 0:100] = True  # thumbnail is 1 µm/px: tile pixels map 1:1
     expected[100:200, 200:300] = True
     np.testing.assert_array_equal(changed, expected)
+
+
+def test_each_mask_class_is_outlined_in_its_own_colour(small_tiff):
+    from mask_first.qc import CLASS_COLOURS
+
+    mask = np.zeros((30, 35), np.uint8)  # 10 µm/px
+    mask[2:10, 2:12] = 255  # tissue
+    mask[15:20, 20:30] = 64  # ink
+    mask[22:25, 5:8] = 32  # debris
+    with open_slide(small_tiff) as s:
+        base, _, _ = thumbnail(s, size=350)
+        img = qc_thumbnail(s, np.zeros(0), np.zeros(0), (1, 1), (1.0, 1.0), mask=(mask, (10.0, 10.0)), size=350)
+    h, w = base.shape[:2]
+    # the thumbnail is 1 µm/px: pixel (y, x) lies in mask pixel (y // 10, x // 10)
+    labels = mask[np.arange(h)[:, None] // 10, np.arange(w)[None, :] // 10]
+    for value, colour in CLASS_COLOURS.items():
+        m = labels == value
+        edge = np.zeros_like(m)
+        edge[1:-1, 1:-1] = m[1:-1, 1:-1] & ~(m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:])
+        edge[[0, -1], :] |= m[[0, -1], :]
+        edge[:, [0, -1]] |= m[:, [0, -1]]
+        assert edge.any()
+        assert (img[edge] == colour).all(), value
+    changed = (img != base).any(axis=2)
+    assert not changed[labels == 0].any()  # background untouched

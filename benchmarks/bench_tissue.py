@@ -23,7 +23,7 @@ ratio when the mask code runs on two threads.
 
 Usage::
 
-    python benchmarks/bench_tissue.py [--repeat 5] [--methods otsu saturation] [--no-big]
+    python benchmarks/bench_tissue.py [--repeat 5] [--methods od otsu saturation] [--no-big]
 
 Prints one line per (slide, mask mpp, method) and a final summary line.
 """
@@ -65,7 +65,8 @@ def _time(fn) -> tuple[float, float]:
     return time.perf_counter() - w0, time.process_time() - c0
 
 
-def bench_case(path: Path, override, mpp: float, methods, repeat: int, label: str) -> list[float]:
+def bench_case(path: Path, override, mpp: float, methods, repeat: int, label: str) -> list[tuple[float, float]]:
+    """(mask / decode wall ratio, decode seconds) per method."""
     with open_slide(path, override) as s:
         level = s.best_level_for_mpp(mpp)
         dims = s.level_dimensions[level]
@@ -95,7 +96,7 @@ def bench_case(path: Path, override, mpp: float, methods, repeat: int, label: st
     ratios = []
     for m in methods:
         ratio = wall[m] / wall["decode"]
-        ratios.append(ratio)
+        ratios.append((ratio, wall["decode"]))
         print(
             f"{label:<40} mask {mpp:>4g} um/px  level {level} {dims[0]}x{dims[1]} @ {lmpp[0]:.3f} um/px"
             f"  f={mpp / lmpp[0]:.4f}  mask {shape[1]}x{shape[0]}  {m:<10}"
@@ -139,7 +140,7 @@ def write_big_tiff(path: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--methods", nargs="+", default=["otsu", "saturation"])
+    parser.add_argument("--methods", nargs="+", default=["od", "otsu", "saturation"])
     parser.add_argument("--mpp", type=float, default=8.0, help="mask resolution for the real/synthetic slides")
     parser.add_argument("--no-big", action="store_true", help="skip the generated slides")
     args = parser.parse_args(argv)
@@ -180,11 +181,17 @@ def main(argv: list[str] | None = None) -> int:
             ]:
                 for r, m in zip(bench_case(big, override, mpp, args.methods, args.repeat, label), args.methods):
                     all_ratios.append((f"{label}@{mpp}/{m}", r))
-    worst = max(all_ratios, key=lambda kv: kv[1])
+    # the bar applies to levels that take >= 10 ms to decode (below that, fixed per-call costs dominate)
     for m in args.methods:
-        rs = [r for k, r in all_ratios if k.endswith("/" + m)]
-        print(f"summary {m}: {len(rs)} cases, max ratio {max(rs):.2f}, median {np.median(rs):.2f}")
-    print(f"worst: {worst[0]} ratio {worst[1]:.2f}")
+        rs = [r for k, (r, d) in all_ratios if k.endswith("/" + m) and d >= 0.010]
+        small = [r for k, (r, d) in all_ratios if k.endswith("/" + m) and d < 0.010]
+        if rs:
+            print(f"summary {m}: {len(rs)} cases with decode >= 10 ms, max ratio {max(rs):.2f}, median {np.median(rs):.2f}"
+                  f"  ({len(small)} faster-decoding cases, max ratio {max(small, default=float('nan')):.2f})")
+    bar = [(k, r) for k, (r, d) in all_ratios if d >= 0.010]
+    if bar:
+        worst = max(bar, key=lambda kv: kv[1])
+        print(f"worst (decode >= 10 ms): {worst[0]} ratio {worst[1]:.2f}")
     return 0
 
 

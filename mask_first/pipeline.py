@@ -382,11 +382,20 @@ def write_predictions(
     """
     from mask_first.predict import predict_slide
 
-    return predict_slide(retained, slide_info, out_predictions, out_tiff, out_png, **kwargs)
+    # our own code stays pandas-free; the user's model may import it (or something that does)
+    return predict_slide(retained, slide_info, out_predictions, out_tiff, out_png, user_code=_allow_pandas, **kwargs)
 
 
-# a user's model may well import pandas (or something that does)
-write_predictions.needs_pandas = True
+@contextmanager
+def _allow_pandas() -> Iterator[None]:
+    """Lift the per-slide pandas block while user code (a model) is imported or runs."""
+    blockers = [f for f in sys.meta_path if isinstance(f, _PandasBlocker)]
+    for b in blockers:
+        sys.meta_path.remove(b)
+    try:
+        yield
+    finally:
+        sys.meta_path[0:0] = blockers
 
 
 def write_demo_slide(out: str, *, spec: dict) -> None:

@@ -284,3 +284,29 @@ def test_torch_module_runs_on_normalised_tensors_and_assembles(in_tmp, small_tif
     for x, y in zip(xs, ys):
         expected[y // 4 : y // 4 + 16, x // 4 : x // 4 + 16] = pooled[y // 4 : y // 4 + 16, x // 4 : x // 4 + 16]
     np.testing.assert_allclose(heat[0], expected, rtol=1e-4, atol=1e-4)
+
+
+def test_the_step_stays_pandas_free_but_a_model_may_import_pandas(in_tmp, small_tiff):
+    """Under run_step (as in a job) our code never loads pandas; the user's model still can."""
+    import subprocess
+
+    from conftest import REPO
+
+    (in_tmp / "usermodel_plain.py").write_text("def f(tiles):\n    return tiles[..., 0].mean(axis=(1, 2)) / 255\n")
+    (in_tmp / "usermodel_pd.py").write_text(
+        "import pandas as pd\n\ndef f(tiles):\n"
+        "    return pd.DataFrame({'r': tiles[..., 0].mean(axis=(1, 2)) / 255}).to_numpy()\n")
+    info, retained, _, _ = _grid(in_tmp, small_tiff, tile=128, stride=128)
+    results = {}
+    for mod in ("usermodel_plain", "usermodel_pd"):
+        code = (f"import sys; sys.path.insert(0, {str(REPO)!r})\n"
+                "from mask_first.pipeline import run_step, write_predictions\n"
+                f"run_step('s', None, write_predictions, 'retained.parquet', 'info.parquet', '{mod}.parquet', "
+                f"'{mod}.tiff', '{mod}.png', model='{mod}:f', slide_path={str(small_tiff)!r})\n"
+                "print('pandas' in sys.modules)")
+        proc = subprocess.run([sys.executable, "-c", code], cwd=in_tmp, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        results[mod] = proc.stdout.strip()
+        results[mod + " heat"] = read_heatmap_tiff(in_tmp / f"{mod}.tiff")[0]
+    assert results["usermodel_plain"] == "False" and results["usermodel_pd"] == "True"
+    np.testing.assert_array_equal(results["usermodel_plain heat"], results["usermodel_pd heat"])

@@ -166,17 +166,47 @@ def make_tissue_mask(
     method: str,
     params: dict | None = None,
     mpp_override: float | None = None,
+    out_geojson: str | None = None,
+    geojson: str | None = None,
+    geojson_classes: list[str] | None = None,
 ) -> None:
-    """Tissue mask of a slide at ``mpp`` µm/px, written as a pyramidal TIFF overlay."""
+    """Tissue mask of a slide at ``mpp`` µm/px, written as a pyramidal TIFF overlay.
+
+    ``geojson``: instead of detecting tissue, rasterise this (QuPath) GeoJSON
+    of level-0 pixel polygons on the same grid; ``geojson_classes`` are the
+    classifications that count as tissue (empty: all), see
+    :func:`mask_first.interop.geojson.geojson_to_mask`. ``out_geojson``: also
+    write the mask as a QuPath FeatureCollection, one annotation per label
+    (:func:`mask_first.interop.geojson.mask_to_feature_collection`).
+    """
     from mask_first.slides import open_slide
-    from mask_first.tissue.detection import tissue_mask_with_info
     from mask_first.tissue.overlay import write_mask_overlay
 
     with open_slide(slide_path, mpp_override) as slide:
-        result = tissue_mask_with_info(slide, mpp, method=method, **dict(params or {}))
-    # method, filled-in parameters, thresholds found, level read, source slide and mpp
-    provenance = result.provenance() | {"slide_id": slide_id}
-    write_mask_overlay(out, result.mask, mpp, provenance=provenance)
+        slide_mpp = (slide.mpp_x, slide.mpp_y)
+        if geojson:
+            from mask_first.interop.geojson import geojson_to_mask
+
+            mask, info = geojson_to_mask(geojson, slide.level_dimensions[0], slide_mpp, mpp,
+                                         classes=geojson_classes)
+            provenance = {"generator": "mask_first.interop.geojson", "source": str(geojson), "mpp": mpp,
+                          "labels": {"0": "background", "255": "tissue"}, "slide": Path(slide_path).name,
+                          "slide_mpp": list(slide_mpp), "slide_dimensions": list(slide.level_dimensions[0]),
+                          **info}
+        else:
+            from mask_first.tissue.detection import tissue_mask_with_info
+
+            result = tissue_mask_with_info(slide, mpp, method=method, **dict(params or {}))
+            # method, filled-in parameters, thresholds found, level read, source slide and mpp
+            mask, provenance = result.mask, result.provenance()
+    provenance = provenance | {"slide_id": slide_id}
+    write_mask_overlay(out, mask, mpp, provenance=provenance)
+    if out_geojson:
+        from mask_first.interop.geojson import mask_to_feature_collection, write_feature_collection
+
+        collection = mask_to_feature_collection(mask, mpp, slide_mpp, labels=provenance.get("labels"),
+                                                slide_id=slide_id)
+        write_feature_collection(out_geojson, collection)
 
 
 def filter_tiles(
@@ -193,6 +223,10 @@ def filter_tiles(
     qc_size: int = 1024,
     threads: int = 1,
     mpp_override: float | None = None,
+    slide_id: str = "",
+    out_coords: str | None = None,
+    out_tile_objects: str | None = None,
+    mask_geojson: str | None = None,
 ) -> int:
     """Score every tile, mark the retained ones, draw the QC picture.
 
@@ -208,6 +242,11 @@ def filter_tiles(
     area in mm², which the cohort summary reads without opening the mask again.
     The QC picture is the slide thumbnail with the mask outline and the retained
     tiles (:func:`mask_first.qc.qc_thumbnail`).
+
+    ``out_coords``: the retained tiles' level-0 (x, y) as a CLAM/TRIDENT HDF5
+    (:func:`mask_first.interop.h5.write_coords_h5`). ``out_tile_objects``: a
+    QuPath GeoJSON of the annotations in ``mask_geojson`` (if given) plus each
+    retained tile as a ``tile`` object with its ``fraction_*`` measurements.
 
     Returns the number of retained tiles.
     """
@@ -261,9 +300,41 @@ def filter_tiles(
         write_table(out_retained, table, metadata={STATS_KEY: json.dumps(stats)})
         tile_extent, tile_mpp = ((tx, ty), (mx, my)) if n else ((1, 1), (1.0, 1.0))
         picture = qc_thumbnail(slide, x[keep], y[keep], tile_extent, tile_mpp, mask=mask_image, size=qc_size)
+        if out_coords or out_tile_objects:
+            _write_tile_interop(slide, table, keep, out_coords, out_tile_objects, mask_geojson, slide_id)
     write_png(out_qc, picture)
     log.info("%d of %d tiles retained", stats["tiles_retained"], n)
     return stats["tiles_retained"]
+
+
+def _write_tile_interop(slide, table, keep, out_coords, out_tile_objects, mask_geojson, slide_id) -> None:
+    """The filter step's exports of the retained tiles: CLAM/TRIDENT HDF5, QuPath tile objects."""
+    n = table.num_rows
+    first = table.slice(0, 1).to_pylist()
+    level = int(first[0]["level"]) if n else 0
+    tw, th = (int(first[0]["tile_extent_x"]), int(first[0]["tile_extent_y"])) if n else (1, 1)
+    x = table.column("x").to_numpy()[keep]
+    y = table.column("y").to_numpy()[keep]
+    steps = np.diff(np.unique(table.column("x").to_numpy())) if n else np.zeros(0)
+    stride = (int(np.bincount(steps).argmax()), 0) if len(steps) else None  # the grid step (mode)
+    if out_coords:
+        from mask_first.interop.h5 import write_coords_h5
+
+        write_coords_h5(out_coords, x, y, level=level, tile_extent=(tw, th), stride=stride, slide=slide,
+                        name=slide_id)
+    if out_tile_objects:
+        import json
+
+        from mask_first.interop.geojson import tile_features, write_feature_collection
+        from mask_first.interop.h5 import level0_coords
+
+        lv = slide.levels[level]
+        xy0 = level0_coords(x, y, (lv.downsample_x, lv.downsample_y))
+        frac = {c: table.column(c).to_numpy()[keep] for c in table.column_names if c.startswith("fraction_")}
+        features = json.loads(Path(mask_geojson).read_text())["features"] if mask_geojson else []
+        features += tile_features(xy0[:, 0], xy0[:, 1], tw * lv.downsample_x, th * lv.downsample_y, frac,
+                                  slide_id=slide_id)
+        write_feature_collection(out_tile_objects, {"type": "FeatureCollection", "features": features})
 
 
 def write_retained_pixels(

@@ -91,8 +91,25 @@ SAMPLES, DEMO_SPECS = load_samples()
 SLIDES = list(SAMPLES.index)
 
 
+def _is_geojson(path):
+    return str(path).lower().endswith((".geojson", ".json"))
+
+
 def _mask_key(row):
-    """Cache key of a generated mask: everything the mask depends on, nothing else."""
+    """Cache key of a generated mask: everything the mask depends on, nothing else.
+
+    A GeoJSON mask from the sheet is rasterised by the tissue_mask rule too: its
+    key holds the file and the grid settings, and the file's mtime reruns it."""
+    if row["mask"]:
+        return stable_id(
+            {
+                "geojson": row["mask"],
+                "path": row["path"],
+                "mpp_override": row["mpp"],
+                "mask_mpp": config["mask"]["mpp"],
+                "classes": config["mask"]["geojson_classes"] or [],
+            }
+        )
     return stable_id(
         {
             "path": row["path"],
@@ -109,14 +126,16 @@ def _slide_entry(row):
     cost a dict look-up per job, which keeps 10,000-slide DAGs quick to build."""
     mpp = None if row["mpp"] is None else float(row["mpp"])
     method = row["tissue_method"] or config["mask"]["method"]
-    key = None if row["mask"] else _mask_key(row)
-    mask = row["mask"] or f"results/masks/{row['slide_id']}/{key}.tiff"
+    geojson = row["mask"] if row["mask"] and _is_geojson(row["mask"]) else None
+    key = None if (row["mask"] and not geojson) else _mask_key(row)
+    mask = f"results/masks/{row['slide_id']}/{key}.tiff" if key else row["mask"]
     return {"path": row["path"], "mpp_override": mpp, "tissue_method": method, "mask": mask,
-            "mask_key": key}
+            "mask_key": key, "geojson": geojson}
 
 
 SLIDE = {sid: _slide_entry(row) for sid, row in SAMPLES.to_dict("index").items()}
 USES_MASK = config["filter"]["method"] == "mask"
+TILE_OBJECTS = config["qc"]["tile_objects"]
 
 
 wildcard_constraints:
@@ -149,11 +168,22 @@ def user_mask(wildcards):
     return SLIDE[wildcards.slide]["mask_key"] is None
 
 
+def mask_inputs(wildcards):
+    """The slide, and the sheet's GeoJSON when the mask is drawn rather than detected."""
+    entry = SLIDE[wildcards.slide]
+    inputs = {"slide": entry["path"]}
+    if entry["geojson"]:
+        inputs["geojson"] = entry["geojson"]
+    return inputs
+
+
 def filter_inputs(wildcards):
     entry = SLIDE[wildcards.slide]
     inputs = {"tiles": f"results/tiles/{wildcards.slide}.parquet", "slide": entry["path"]}
     if USES_MASK:
         inputs["mask"] = entry["mask"]
+        if TILE_OBJECTS and entry["mask_key"]:
+            inputs["mask_geojson"] = entry["mask"][: -len(".tiff")] + ".geojson"
     return inputs
 
 
@@ -182,7 +212,9 @@ def step_benchmarks(slide):
 def all_targets():
     targets = ["results/slides.parquet", "results/summary.tsv"]
     for s in SLIDES:
-        targets += [f"results/retained/{s}.parquet", f"results/qc/{s}.png"]
+        targets += [f"results/retained/{s}.parquet", f"results/qc/{s}.png", f"results/coords/{s}.h5"]
+        if USES_MASK and SLIDE[s]["mask_key"]:
+            targets.append(SLIDE[s]["mask"][: -len(".tiff")] + ".geojson")
         if pixels_enabled():
             targets.append(f"results/pixels/{s}.parquet")
         if predict_enabled():

@@ -3,16 +3,23 @@
 # its mask already made, and the filter that reads it sees its input change.
 
 
+# A sheet mask given as GeoJSON (QuPath) comes through here as well, rasterised
+# on the same grid, so every later step sees a mask overlay like any other.
+# Next to each mask: its QuPath GeoJSON (one annotation per label).
+
+
 rule tissue_mask:
     input:
-        slide=slide_path,
+        unpack(mask_inputs),
     output:
-        "results/masks/{slide}/{key}.tiff",
+        mask="results/masks/{slide}/{key}.tiff",
+        geojson="results/masks/{slide}/{key}.geojson",
     params:
         mpp=config["mask"]["mpp"],
         method=tissue_method,
         extra=config["mask"]["params"],
         mpp_override=mpp_override,
+        geojson_classes=config["mask"]["geojson_classes"],
     log:
         "results/logs/tissue_mask/{slide}/{key}.log",
     benchmark:

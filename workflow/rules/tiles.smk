@@ -40,6 +40,10 @@ rule filter_tiles:
             category="QC",
             labels={"slide": "{slide}"},
         ),
+        # retained tiles' level-0 (x, y) for CLAM / TRIDENT feature extraction
+        coords="results/coords/{slide}.h5",
+        # mask annotations + retained tiles as QuPath tile objects (qc.tile_objects)
+        **({"tile_objects": "results/qc/{slide}.geojson"} if TILE_OBJECTS else {}),
     params:
         method=config["filter"]["method"],
         threshold=(

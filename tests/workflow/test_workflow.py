@@ -129,25 +129,37 @@ def test_retained_fractions_equal_brute_force_pixel_counts(cohort):
     np.testing.assert_allclose(ret.fraction_0 + ret.fraction_255, 1.0)
 
 
-def test_pixels_hold_exactly_the_retained_tiles_and_match_openslide(cohort):
+def test_pixels_hold_exactly_the_retained_tiles_and_match_the_level_page(cohort):
+    """Every stored tile equals tifffile's decode of its level's page at (x, y) (white outside).
+
+    The tiling level (1 µm/px) is > 0 for every slide with a pyramid here, and
+    the real pyramids' downsamples are not integers, so a level-0 origin would
+    be fractional for most tiles: the page is the reference that needs no
+    origin at all, and tiles at levels > 0 must have been compared.
+    """
+    import tifffile
+
     wd, _, rows = cohort
+    compared = upper = 0
     for sid in _ids(cohort):
         ret = pd.read_parquet(wd / f"results/retained/{sid}.parquet")
         kept = ret[ret.retained]
         stored = list(load_tile_pixels(wd / f"results/pixels/{sid}.parquet"))
         assert [(r["x"], r["y"]) for r, _ in stored] == list(zip(kept.x, kept.y))
-        osr = openslide.OpenSlide(rows.loc[sid, "path"])
         level = int(kept.level.iloc[0])
-        ds = osr.level_downsamples[level]
-        for meta, px in stored[:: max(1, len(stored) // 5)]:
-            w, h = meta["tile_extent_x"], meta["tile_extent_y"]
+        with tifffile.TiffFile(rows.loc[sid, "path"]) as tf:
+            assert level > 0 or len(tf.series[0].levels) == 1, sid  # 1 µm/px is coarser than any level 0 here
+            page = np.asarray(tf.series[0].levels[level].asarray())[..., :3]
+        for meta, px in stored[:: max(1, len(stored) // 12)]:
+            w, h, x, y = meta["tile_extent_x"], meta["tile_extent_y"], meta["x"], meta["y"]
             assert px.shape == (h, w, 3)
-            x0, y0 = round(meta["x"] * ds), round(meta["y"] * ds)
-            if abs(x0 / ds - meta["x"]) > 1e-6 or abs(y0 / ds - meta["y"]) > 1e-6:
-                continue  # OpenSlide would resample a fractional origin
-            rgba = np.asarray(osr.read_region((x0, y0), level, (w, h))).astype(float)
-            ref = rgba[..., :3] * rgba[..., 3:] / 255 + 255 * (1 - rgba[..., 3:] / 255)
-            assert np.abs(px - ref).mean() < 1.0, (sid, meta["x"], meta["y"])
+            ref = np.full((h, w, 3), 255, np.uint8)
+            part = page[y : y + h, x : x + w]
+            ref[: part.shape[0], : part.shape[1]] = part
+            assert np.abs(px.astype(np.int16) - ref).max() <= 2, (sid, x, y)
+            compared += 1
+            upper += level > 0
+    assert compared >= 12 * len(_ids(cohort)) // 2 and upper > 0, (compared, upper)
 
 
 def test_summary_counts_and_tissue_area(cohort):
@@ -185,7 +197,7 @@ def test_qc_picture_shows_mask_outline_and_retained_tiles(cohort):
     kept = np.zeros((6, 8), bool)
     kept[ret.y[ret.retained] // 128, ret.x[ret.retained] // 128] = True
     cells = green.reshape(6, 64, 8, 64).any(axis=(1, 3))
-    assert (cells <= kept).all()
+    assert (cells == kept).all()  # both ways: every retained tile is drawn, no other tile is
 
 
 def test_pixel_std_filter_decodes_every_tile_without_masks(tmp_path):

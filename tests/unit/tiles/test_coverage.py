@@ -85,13 +85,15 @@ def test_inscribed_circle_over_all_tissue_gives_pi_over_4(mask_mpp):
     np.testing.assert_allclose(r["0"], 0, atol=1e-9)
 
 
-def test_axis_aligned_shapely_box_equals_tuple_roi():
+def test_axis_aligned_shapely_box_takes_the_rectangle_path_with_the_tuple_answer():
+    # the polygon path on the same box is compared with this in test_coverage_exact.py
     rng = np.random.default_rng(3)
     mask = rng.choice(np.array([0, 255], np.uint8), size=(30, 30))
     xs, ys = rng.integers(0, 200, 50), rng.integers(0, 200, 50)
     a = overlap_fractions(mask, 3.3, (4, 2, 20, 10), xs, ys, 1.0, 1.0)
     b = overlap_fractions(mask, 3.3, shapely.box(4, 2, 24, 12), xs, ys, 1.0, 1.0)
     np.testing.assert_allclose(a["255"], b["255"], atol=1e-12)
+    np.testing.assert_allclose(a["0"] + a["255"], 1.0)  # rectangles sum to 1
 
 
 @settings(max_examples=15, deadline=None)

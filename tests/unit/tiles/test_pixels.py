@@ -65,7 +65,7 @@ def test_pixel_parquet_round_trip_is_lossless_and_streams_row_groups(tmp_path, s
     tiles = pd.DataFrame({"slide_id": "s1", "x": [0, 128, 256, 600], "y": [0, 128, 300, 500], "tissue": [1.0, 0.5, 0.7, 0.9]})
     out = tmp_path / "px.parquet"
     n = write_tile_pixels(out, small_tiff, tiles, level=0, tile_extent_x=128, tile_extent_y=96, row_group_tiles=2)
-    assert n == 4 and not (tmp_path / "px.parquet.tmp").exists()
+    assert n == 4 and sorted(p.name for p in tmp_path.iterdir()) == sorted([small_tiff.name, "px.parquet"])  # no temporary left
     assert pq.ParquetFile(out).num_row_groups == 2
     rows = list(load_tile_pixels(out))
     assert [r["x"] for r, _ in rows] == [0, 128, 256, 600] and rows[1][0]["tissue"] == 0.5

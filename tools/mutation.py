@@ -8,7 +8,9 @@ mutant is never skipped silently). Mutants run in a temporary copy of the
 tree with ``PYTHONPATH`` pointing at it, never in the working tree. A mutant
 is *killed* when its test selection fails (any non-zero pytest exit status
 but 5, "no tests collected", which is an error of the audit itself), *survived*
-when it passes. The unmutated copy must pass every selection first.
+when it passes. The unmutated copy must pass every selection first, with
+``CI=true`` so that no test of a selection can skip (the real slides are
+taken from ``../shared`` beside the working tree, or ``MASK_FIRST_SHARED_SLIDES``).
 
 Usage::
 
@@ -37,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 #: what a test run needs from the tree (results/, .git etc. are not copied)
 COPIED = ("mask_first", "tests", "workflow", "config", "Snakefile", "pyproject.toml", "environment.yml")
 
+SHARED_SLIDES = REPO.parent / "shared" / "data" / "slides"
 UT = "tests/unit"
 
 
@@ -195,8 +198,14 @@ def make_copy(dest: Path) -> Path:
 
 
 def run_tests(copy: Path, tests: tuple[str, ...], timeout: float) -> tuple[int, float, str]:
-    env = os.environ | {"PYTHONPATH": str(copy), "PYTHONDONTWRITEBYTECODE": "1"}
-    env.pop("CI", None)  # the audit selects unit tests; a skip there is reported by the baseline
+    env = os.environ | {
+        "PYTHONPATH": str(copy),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        # the copy has no ../shared beside it: point the tests at the working tree's real slides,
+        # and run strict, so a missing slide fails the baseline instead of skipping tests
+        "MASK_FIRST_SHARED_SLIDES": os.environ.get("MASK_FIRST_SHARED_SLIDES") or str(SHARED_SLIDES),
+        "CI": "true",
+    }
     cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--hypothesis-seed=0", *tests]
     t0 = time.perf_counter()
     try:

@@ -33,11 +33,15 @@ def _build(dtype, aggregator, storage="inmemory", **kwargs):
     return mb.finalize()
 
 
+@pytest.mark.parametrize("form", ["MaskBuilder(fill_value=)", "MeanAggregator(fill_value=)"])
 @pytest.mark.parametrize("storage", ["inmemory", "memmap"])
 @pytest.mark.parametrize("dtype, fill, mean", CASES)
-def test_mean_fill_value_sets_exactly_the_uncovered_cells(tmp_path, dtype, fill, mean, storage):
+def test_mean_fill_value_sets_exactly_the_uncovered_cells(tmp_path, dtype, fill, mean, storage, form):
     kwargs = {"directory": tmp_path} if storage == "memmap" else {}
-    out = _build(dtype, MeanAggregator(fill_value=fill), storage, **kwargs)
+    if form.startswith("MaskBuilder"):
+        out = _build(dtype, MeanAggregator, storage, fill_value=fill, **kwargs)
+    else:
+        out = _build(dtype, MeanAggregator(fill_value=fill), storage, **kwargs)
     mask, count = out["mask"][0], out["overlap_counter"][0]
     assert mask.dtype == np.dtype(dtype)
     np.testing.assert_array_equal(count, [[2, 0], [1, 0]])
@@ -46,7 +50,7 @@ def test_mean_fill_value_sets_exactly_the_uncovered_cells(tmp_path, dtype, fill,
 
 
 def test_bool_mask_fill_value_true():
-    mb = MaskBuilder((8, 8), 4, 1, 4, aggregation=MeanAggregator(fill_value=True), dtype=bool)
+    mb = MaskBuilder((8, 8), 4, 1, 4, dtype=bool, fill_value=True)
     mb.update_batch(np.array([[False], [False]]), np.array([[0, 0], [4, 0]]))
     out = mb.finalize()
     np.testing.assert_array_equal(out["mask"][0], [[False, True], [False, True]])

@@ -187,3 +187,20 @@ def test_readme_command_runs_the_example_on_the_demo_cohort(tmp_path):
             assert cols["haematoxylin"][i] == pytest.approx(want, abs=1e-3)
     heat, _, _ = read_heatmap_tiff(tmp_path / f"results/heatmaps/{slide}.tiff")
     assert np.nanmax(heat) == pytest.approx(cols["haematoxylin"].max(), rel=1e-5)
+
+    # the README's dense example: the same cohort, only predict reruns
+    dense = re.search(r"^snakemake --cores 2 --configfile (examples/\S+\.yaml)$", readme, re.M).group(1)
+    import yaml
+
+    cfg |= yaml.safe_load((REPO / dense).read_text())
+    assert planned_jobs(tmp_path, cfg) == {"predict": 3, "all": 1}
+    run_workflow(tmp_path, cfg)
+    cols, desc = read_predictions(tmp_path / f"results/predictions/{slide}.parquet")
+    heat, mpp, _ = read_heatmap_tiff(tmp_path / f"results/heatmaps/{slide}.tiff")
+    h, w = desc["map_shape"]
+    cy, cx = info["tile_extent_y"] // h, info["tile_extent_x"] // w  # level px per output px
+    assert mpp == pytest.approx((info["mpp_x"] * cx, info["mpp_y"] * cy))
+    painted = np.full(heat.shape[1:], np.nan)
+    for x, y, m in zip(cols["x"], cols["y"], cols["haematoxylin_map"]):  # clip 1 output px at every edge
+        painted[y // cy + 1 : y // cy + h - 1, x // cx + 1 : x // cx + w - 1] = m[1:-1, 1:-1]
+    np.testing.assert_allclose(heat[0], painted, rtol=2e-3, atol=1e-3)  # the table's maps are float16

@@ -63,6 +63,8 @@ PIPE = "mask_first/pipeline.py"
 SLIDES = "mask_first/slides.py"
 PIX = "mask_first/tiles/pixels.py"
 MB = "mask_first/assembly/mask_builders.py"
+GEO = "mask_first/interop/geojson.py"
+H5 = "mask_first/interop/h5.py"
 
 T_GRID = f"{UT}/tiles/test_grid.py"
 T_COV = f"{UT}/tiles/test_coverage.py {UT}/tiles/test_coverage_exact.py"
@@ -70,6 +72,8 @@ T_FILTER = f"{UT}/test_filter_tiles.py"
 T_LEVEL = f"{UT}/test_level_choice.py {UT}/test_slides.py"
 T_PIX = f"{UT}/tiles/test_pixels.py {UT}/tiles/test_pixels_levels.py"
 T_MB = f"{UT}/assembly/test_mask_builders.py {UT}/assembly/test_mask_fill.py"
+T_GEO = f"{UT}/interop/test_geojson.py {UT}/interop/test_interop_anisotropic.py"
+T_H5 = f"{UT}/interop/test_h5.py {UT}/interop/test_interop_anisotropic.py"
 
 MUTANTS: list[Mutant] = [
     # -- grid ------------------------------------------------------------------------------
@@ -110,8 +114,10 @@ MUTANTS: list[Mutant] = [
     M("coverage-background-polygon", COV, 'out["0"] = np.clip(roi_fraction - covered, 0.0, 1.0)',
       'out["0"] = np.clip(1.0 - covered, 0.0, 1.0)', T_COV, "polygon background fraction as if a rectangle"),
     # -- keep rule -------------------------------------------------------------------------
-    M("keep-threshold-strict", COV, "return np.asarray(frac) >= threshold", "return np.asarray(frac) > threshold",
+    M("keep-threshold-strict", COV, "return np.asarray(frac) >= threshold - 1e-9", "return np.asarray(frac) > threshold",
       f"{T_FILTER} {UT}/tiles/test_coverage_exact.py", "a tile exactly at the threshold dropped"),
+    M("keep-no-rounding-slack", COV, "return np.asarray(frac) >= threshold - 1e-9", "return np.asarray(frac) >= threshold",
+      f"{T_FILTER} {UT}/tiles/test_coverage_exact.py", "a tile 2e-16 short of the threshold (float rounding) dropped"),
     M("keep-tile-height", PIPE, 'int(table.column("tile_extent_y")[0].as_py())',
       'int(table.column("tile_extent_x")[0].as_py())', T_FILTER, "tile height read from tile_extent_x"),
     M("keep-mpp-y", PIPE, 'float(table.column("mpp_y")[0].as_py())', 'float(table.column("mpp_x")[0].as_py())',
@@ -153,6 +159,28 @@ MUTANTS: list[Mutant] = [
       "row groups one tile too large"),
     M("pixels-load-shape", PIX, "arr = np.frombuffer(data, np.uint8).reshape(h, w, 3)",
       "arr = np.frombuffer(data, np.uint8).reshape(w, h, 3)", T_PIX, "stored tiles reshaped (w, h)"),
+    # -- GeoJSON (QuPath) and HDF5 (CLAM/TRIDENT) writers ----------------------------------
+    M("geojson-scale-y", GEO, "geom = _scale_to_level0(mask_polygons(mask == value), mmx / smx, mmy / smy)",
+      "geom = _scale_to_level0(mask_polygons(mask == value), mmx / smx, mmx / smx)", T_GEO,
+      "mask polygons scaled to level 0 in y with the x ratio"),
+    M("geojson-run-rows", GEO, "boxes = shapely.box(cs, rs, ce, rs + 1)", "boxes = shapely.box(cs, rs, ce, rs + 2)",
+      T_GEO, "each run of mask pixels two rows high"),
+    M("geojson-area", GEO, '"Area px^2": float(geom.area)', '"Area px^2": float(geom.length)', T_GEO,
+      "area measurement is the perimeter"),
+    M("geojson-raster-y", GEO, "ys = (np.arange(i0, i1) + 0.5) / sy", "ys = (np.arange(i0, i1) + 0.5) / sx", T_GEO,
+      "rasterised pixel centres in y with the x scale"),
+    M("geojson-mask-height", GEO, "mh = max(1, int(np.ceil(h0 * smy / mask_mpp - 1e-6)))",
+      "mh = max(1, int(np.ceil(h0 * smx / mask_mpp - 1e-6)))", T_GEO, "mask height from the slide's x mpp"),
+    M("h5-y-downsample", H5, "xy[:, 1] = np.rint(np.asarray(y, np.float64) * dy)",
+      "xy[:, 1] = np.rint(np.asarray(y, np.float64) * dx)", T_H5, "level-0 y with the x downsample"),
+    M("h5-patch-size-level0", H5, '"patch_size_level0": int(round(tw * ds[0])),', '"patch_size_level0": tw,', T_H5,
+      "TRIDENT patch_size_level0 not scaled to level 0"),
+    M("h5-overlap", H5, "overlap = max(0, tw - int(stride[0])) if stride is not None else 0",
+      "overlap = max(0, int(stride[0]) - tw) if stride is not None else 0", T_H5, "overlap sign reversed"),
+    M("h5-level-dim", H5, '"level_dim": np.array([lv.width, lv.height], np.int64),',
+      '"level_dim": np.array([lv.height, lv.width], np.int64),', T_H5, "CLAM level_dim as (height, width)"),
+    M("h5-magnification", H5, "level0_mag = 10.0 / float(np.sqrt(slide.mpp_x * slide.mpp_y))",
+      "level0_mag = 10.0 / float(slide.mpp_x)", T_H5, "magnification from mpp x only (anisotropic scans)"),
     # -- MaskBuilder -----------------------------------------------------------------------
     M("mb-mean-fill-separate", MB, 'np.copyto(out, mean, casting="unsafe")',
       'np.copyto(out, mean, casting="unsafe")\n            return', T_MB,
@@ -291,12 +319,12 @@ def markdown(rows, total_s: float, command: str) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", type=int, default=2, help="mutants run in parallel (one tree copy each)")
-    ap.add_argument("-k", default="", help="only mutants whose id contains this")
+    ap.add_argument("-k", default="", help="only mutants whose id contains this (comma-separated: any of these)")
     ap.add_argument("--timeout", type=float, default=300, help="seconds per mutant (a timeout counts as killed)")
     ap.add_argument("--bar", type=float, default=95.0, help="minimum percentage killed")
     ap.add_argument("--markdown", type=Path, help="write the result table to this file")
     args = ap.parse_args()
-    mutants = [m for m in MUTANTS if args.k in m.id]
+    mutants = [m for m in MUTANTS if any(k in m.id for k in args.k.split(","))]
     if not mutants:
         sys.exit(f"no mutant id contains {args.k!r}")
     t0 = time.perf_counter()

@@ -148,3 +148,10 @@ def test_keep_rule_retains_a_tile_exactly_at_the_threshold():
     np.testing.assert_array_equal(retain(fr, 255, 0.75), [False] * 4)
     np.testing.assert_array_equal(retain(fr, 128, 0.0), [False] * 4)  # label absent: nothing kept
     np.testing.assert_array_equal(retain(fr, 0, 1.0), [False, False, True, True])
+
+
+def test_keep_rule_forgives_float_rounding_at_the_threshold_only():
+    # an area ratio that is exactly 1/2 on paper can come out one ulp short in float64
+    short = np.nextafter(0.5, 0.0)
+    fr = {"0": 1 - np.array([short, 0.5 - 1e-6, 0.5]), "255": np.array([short, 0.5 - 1e-6, 0.5])}
+    np.testing.assert_array_equal(retain(fr, 255, 0.5), [True, False, True])

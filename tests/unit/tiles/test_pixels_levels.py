@@ -71,3 +71,16 @@ def test_both_backends_read_upper_levels_exactly(tmp_path, textured_image, backe
                 np.testing.assert_array_equal(got[k], _region(pages[level], x, y, 48, 40), err_msg=f"{level} {x} {y}")
                 compared += 1
     assert compared > 0
+
+
+def test_a_sorted_path_column_puts_each_slides_tiles_in_its_own_rows(tmp_path, textured_image):
+    """Two slides in one column (contiguous runs), level 1: row k is slide k's region, by page decode."""
+    a = write_pyramid_tiff(tmp_path / "a.tif", textured_image, compression="zlib")
+    b = write_pyramid_tiff(tmp_path / "b.tif", 255 - textured_image, compression="zlib")
+    paths = [str(a)] * 2 + [str(b)] * 3
+    xs, ys = np.array([0, 40, 10, 200, 300]), np.array([0, 30, 5, 100, 250])
+    got = read_slide_tiles(np.array(paths), xs, ys, 64, 48, 1)
+    pages = {str(a): _level_pages(a)[1], str(b): _level_pages(b)[1]}
+    assert got.shape == (5, 48, 64, 3)
+    for k, (p, x, y) in enumerate(zip(paths, xs.tolist(), ys.tolist())):
+        np.testing.assert_array_equal(got[k], _region(pages[p], x, y, 64, 48), err_msg=str(k))

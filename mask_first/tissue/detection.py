@@ -748,10 +748,12 @@ def _ink(
     ref = np.median(t_vec / np.maximum(np.linalg.norm(t_vec, axis=1, keepdims=True), 1e-6), axis=0)
     ref /= max(float(np.linalg.norm(ref)), 1e-6)
     stats["stain_od_vector"] = [round(float(v), 3) for v in ref]
-    vec = flat_od[idx].astype(np.float32)
-    unit = vec / np.maximum(np.linalg.norm(vec, axis=1, keepdims=True), 1e-6)
-    cos = unit @ ref.astype(np.float32)  # cosine of the angle to the stain colour
-    spread = unit.max(axis=1) - unit.min(axis=1)  # 0 = neutral grey / black
+    # per channel as contiguous vectors: numpy reduces a trailing axis of 3 slowly
+    r, g, b = (flat_od[idx, c].astype(np.float32) for c in range(3))
+    inv = 1 / np.maximum(np.sqrt(r * r + g * g + b * b), np.float32(1e-6))
+    r, g, b = r * inv, g * inv, b * inv
+    cos = r * np.float32(ref[0]) + g * np.float32(ref[1]) + b * np.float32(ref[2])  # cosine to the stain colour
+    spread = np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)  # 0 = neutral grey / black
     d = density.ravel()[idx].astype(np.float32) / OD_SCALE
     black = (spread < 0.15) & (d >= float(p["ink_black_min_od"]))
     # local (3 x 3) coefficient of variation of the density: a dye film is smooth, tissue has cells
@@ -802,14 +804,22 @@ def _ink(
     stats["ink_components"] = int(keep.sum())
     if not keep.any():
         return np.zeros(tissue.shape, bool)
-    ink = keep[labels].view(np.uint8)
     # hysteresis: grow the accepted strokes into adjacent dense pixels of a looser colour test (ink over
-    # tissue mixes with the stain), a few pixels at a time so it cannot flood the tissue
-    loose = image((cos <= math.cos(math.radians(0.6 * float(p["ink_min_angle_deg"])))) | smooth_v)
-    for _ in range(max(1, round(float(p["ink_grow_um"]) / mpp))):
-        ink = cv2.dilate(ink, np.ones((3, 3), np.uint8)) & loose | ink
+    # tissue mixes with the stain), a few pixels at a time so it cannot flood the tissue; then cover the
+    # stroke's soft edge. Both in the kept strokes' bounding box plus the growth.
+    steps = max(1, round(float(p["ink_grow_um"]) / mpp))
     margin = _disk(float(p["ink_margin_um"]) / mpp)
+    pad = steps + (margin.shape[0] // 2 if margin is not None else 0) + 1
+    x0, y0 = cstats[keep, cv2.CC_STAT_LEFT].min(), cstats[keep, cv2.CC_STAT_TOP].min()
+    x1 = (cstats[keep, cv2.CC_STAT_LEFT] + cstats[keep, cv2.CC_STAT_WIDTH]).max()
+    y1 = (cstats[keep, cv2.CC_STAT_TOP] + cstats[keep, cv2.CC_STAT_HEIGHT]).max()
+    box = (slice(max(0, y0 - pad), y1 + pad), slice(max(0, x0 - pad), x1 + pad))
+    ink = keep[labels[box]].view(np.uint8)
+    loose = image((cos <= math.cos(math.radians(0.6 * float(p["ink_min_angle_deg"])))) | smooth_v)[box]
+    for _ in range(steps):
+        ink = cv2.dilate(ink, np.ones((3, 3), np.uint8)) & loose | ink
     if margin is not None:
-        # the stroke's soft edge: absorbing pixels next to the core
-        ink = cv2.dilate(ink, margin) & tissue.view(np.uint8)
-    return ink.view(bool)
+        ink = cv2.dilate(ink, margin) & tissue[box].view(np.uint8)
+    out = np.zeros(tissue.shape, bool)
+    out[box] = ink.view(bool)
+    return out

@@ -167,7 +167,7 @@ _METHOD_PARAMS: dict[str, dict[str, Any]] = {
         # accepted strokes grow this far (µm) into adjacent dense pixels of a looser colour test
         "ink_grow_um": 48.0,
         # dilation of the ink label over its anti-aliased edge (µm)
-        "ink_margin_um": 16.0,
+        "ink_margin_um": 8.0,
     },
     "otsu": {
         # number of Otsu classes (2 or 3); tissue = every class below the top one

@@ -147,8 +147,14 @@ def _content_digest(wd) -> dict[str, str]:
         elif p.suffix == ".parquet":
             df = pd.read_parquet(p)
             out[rel] = hashlib.sha256(pd.util.hash_pandas_object(df, index=False).values.tobytes()).hexdigest()
-        elif "masks" in rel:
+        elif "masks" in rel and p.suffix == ".tiff":
             out[rel] = hashlib.sha256(read_mask_overlay(p)[0].tobytes()).hexdigest()
+        elif p.suffix == ".h5":  # coordinates and attributes, not HDF5's byte layout
+            import h5py
+
+            with h5py.File(p, "r") as f:
+                attrs = sorted((k, np.asarray(v).tolist()) for k, v in f["coords"].attrs.items())
+                out[rel] = hashlib.sha256(f["coords"][:].tobytes() + repr(attrs).encode()).hexdigest()
         elif "heatmaps" in rel and p.suffix == ".tiff":
             out[rel] = hashlib.sha256(read_heatmap_tiff(p)[0].tobytes()).hexdigest()
         else:

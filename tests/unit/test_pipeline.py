@@ -19,6 +19,7 @@ from mask_first.pipeline import filter_tiles, make_tissue_mask, run_step, write_
 d = sys.argv[1]
 run_step("s", None, write_tiles, f"{d}/s.tiff", f"{d}/info.parquet", f"{d}/tiles.parquet", slide_id="s",
          mpp=1.0, level=None, tile_extent=128, stride=96, last="keep")
+print("CV2_AFTER_TILES", "cv2" in sys.modules)
 run_step("s", None, make_tissue_mask, f"{d}/s.tiff", f"{d}/mask.tiff", slide_id="s", mpp=8.0, method="otsu")
 run_step("s", None, filter_tiles, f"{d}/tiles.parquet", f"{d}/s.tiff", f"{d}/retained.parquet", f"{d}/qc.png",
          method="mask", threshold=0.5, mask=f"{d}/mask.tiff", qc_size=256)
@@ -32,6 +33,7 @@ def test_per_slide_steps_run_without_loading_pandas(tmp_path):
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(_STEPS), str(tmp_path)], capture_output=True,
                           text=True, env=env, check=True)
     assert "PANDAS_LOADED False" in proc.stdout, proc.stdout + proc.stderr
+    assert "CV2_AFTER_TILES False" in proc.stdout  # the tile job does not load the tissue detector's OpenCV
     # and the tables are what they should be: the grid of the level read (1 µm/px = level 1 of 0.5 µm/px)
     tiles = pq.read_table(tmp_path / "tiles.parquet").to_pydict()
     ref = grid_tiles((512, 384), (128, 128), (96, 96), last="keep")

@@ -33,6 +33,13 @@ def _is_arrow(value: Any) -> bool:
     return type(value).__module__.startswith("pyarrow")
 
 
+def _is_pandas_arrow(value: Any) -> bool:
+    """A pandas Series/Index whose values live in pyarrow (``str`` / ``string[pyarrow]`` dtypes)."""
+    if not type(value).__module__.startswith("pandas") or not hasattr(value, "array"):
+        return False
+    return hasattr(value.array, "__arrow_array__") and not isinstance(getattr(value, "dtype", None), np.dtype)
+
+
 def is_column(value: Any) -> bool:
     """True for per-tile columns; False for scalars (numbers, strings, paths, 0-d arrays)."""
     if value is None or isinstance(value, (str, bytes, os.PathLike)):
@@ -125,6 +132,11 @@ def group_rows(value: Any, n: int) -> list[tuple[Any, slice | np.ndarray]]:
     """
     if not is_column(value):
         return [(value, slice(0, n))]
+    if _is_pandas_arrow(value):
+        # pandas' arrow-backed strings (the default in pandas 3): group in arrow, no Python str objects
+        import pyarrow as pa
+
+        value = pa.array(value)
     if _is_arrow(value):
         codes, keys = _factorize(value)
         arr: np.ndarray = codes

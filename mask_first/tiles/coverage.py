@@ -46,16 +46,19 @@ def summed_area_table(indicator: np.ndarray) -> np.ndarray:
 
     Returns
     -------
-    ndarray of float64, shape (H + 1, W + 1)
-        ``S[i, j] = indicator[:i, :j].sum()``. float64 holds every integer sum
-        exactly up to 2**53 pixels.
+    ndarray, shape (H + 1, W + 1)
+        ``S[i, j] = indicator[:i, :j].sum()``: int32 for a boolean indicator
+        of fewer than 2**31 pixels, float64 otherwise (exact up to 2**53).
     """
     if indicator.dtype == bool and indicator.ndim == 2 and indicator.size:
         import cv2
 
         # OpenCV's integral image is this table exactly (zero first row and
-        # column) and ~5x faster than two numpy cumsums
-        return cv2.integral(np.ascontiguousarray(indicator).view(np.uint8), sdepth=cv2.CV_64F)
+        # column) and several times faster than two numpy cumsums; int32 holds
+        # every count exactly below 2**31 pixels and halves the memory the
+        # per-tile look-ups wander through (~1.2x faster gathers)
+        depth = cv2.CV_32S if indicator.size < 2**31 else cv2.CV_64F
+        return cv2.integral(np.ascontiguousarray(indicator).view(np.uint8), sdepth=depth)
     h, w = indicator.shape
     sat = np.zeros((h + 1, w + 1), np.float64)
     np.cumsum(indicator, axis=0, dtype=np.float64, out=sat[1:, 1:])
@@ -251,8 +254,12 @@ def overlap_fractions(
 
 def _labels(mask: np.ndarray) -> list:
     """Distinct values of a label image (a histogram for uint8, no sort)."""
-    if mask.dtype == np.uint8:
-        return np.flatnonzero(np.bincount(mask.ravel(), minlength=256)).tolist()
+    if mask.dtype == np.uint8 and mask.size:
+        import cv2
+
+        # OpenCV's histogram: no int64 copy of the mask (np.bincount makes one), no sort (np.unique)
+        hist = cv2.calcHist([np.ascontiguousarray(mask)], [0], None, [256], [0, 256]).ravel()
+        return np.flatnonzero(hist).tolist()
     return np.unique(mask).tolist()
 
 

@@ -20,6 +20,7 @@ Area outside the mask image counts as label 0 (background).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 import numpy as np
@@ -36,6 +37,15 @@ _CHUNK = 1 << 15
 _POLY_CHUNK = 1 << 18
 
 
+#: masks from this many pixels on use OpenCV's integral image and histogram; below
+#: it numpy takes under ~20 ms, less than importing OpenCV into a lean filter job
+_OPENCV_MIN_PIXELS = 1 << 20
+
+
+def _worth_opencv(pixels: int) -> bool:
+    return pixels >= _OPENCV_MIN_PIXELS or ("cv2" in sys.modules and pixels > 0)
+
+
 def summed_area_table(indicator: np.ndarray) -> np.ndarray:
     """Summed-area table with a zero first row and column.
 
@@ -50,7 +60,7 @@ def summed_area_table(indicator: np.ndarray) -> np.ndarray:
         ``S[i, j] = indicator[:i, :j].sum()``: int32 for a boolean indicator
         of fewer than 2**31 pixels, float64 otherwise (exact up to 2**53).
     """
-    if indicator.dtype == bool and indicator.ndim == 2 and indicator.size:
+    if indicator.dtype == bool and indicator.ndim == 2 and _worth_opencv(indicator.size):
         import cv2
 
         # OpenCV's integral image is this table exactly (zero first row and
@@ -254,7 +264,7 @@ def overlap_fractions(
 
 def _labels(mask: np.ndarray) -> list:
     """Distinct values of a label image (a histogram for uint8, no sort)."""
-    if mask.dtype == np.uint8 and mask.size:
+    if mask.dtype == np.uint8 and _worth_opencv(mask.size):
         import cv2
 
         # OpenCV's histogram: no int64 copy of the mask (np.bincount makes one), no sort (np.unique)

@@ -228,3 +228,23 @@ def test_column_length_mismatch_names_the_arguments(tmp_path):
 
     with pytest.raises(ValueError, match="tile_x has 3.*mpp_x has 2"):
         tile_overlay_overlap((0, 0, 4, 4), "m.tiff", [0, 1, 2], [0, 1, 2], [0.5, 0.5], 0.5)
+
+
+def test_opencv_and_numpy_paths_give_identical_tables_and_fractions(monkeypatch):
+    import mask_first.tiles.coverage as cov
+
+    rng = np.random.default_rng(8)
+    mask = rng.choice(np.array([0, 64, 255], np.uint8), size=(70, 90))
+    xs, ys = rng.uniform(-50, 800, 500), rng.uniform(-50, 600, 500)
+    monkeypatch.setattr(cov, "_OPENCV_MIN_PIXELS", 1 << 40)
+    monkeypatch.delitem(__import__("sys").modules, "cv2", raising=False)
+    numpy_sat = cov.summed_area_table(mask == 255)
+    numpy_frac = overlap_fractions(mask, 8.0, (0, 0, 256, 256), xs, ys, 0.5, 0.5)
+    monkeypatch.setattr(cov, "_OPENCV_MIN_PIXELS", 1)
+    cv_sat = cov.summed_area_table(mask == 255)
+    assert cv_sat.dtype == np.int32 and numpy_sat.dtype == np.float64
+    np.testing.assert_array_equal(cv_sat, numpy_sat)
+    cv_frac = overlap_fractions(mask, 8.0, (0, 0, 256, 256), xs, ys, 0.5, 0.5)
+    assert list(cv_frac) == list(numpy_frac) == ["0", "64", "255"]
+    for k in cv_frac:
+        np.testing.assert_array_equal(cv_frac[k], numpy_frac[k])

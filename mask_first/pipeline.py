@@ -340,8 +340,16 @@ def _write_tile_interop(slide, table, keep, out_coords, out_tile_objects, mask_g
 def write_retained_pixels(
     retained: str, slide_path: str, out: str, *, encoding: str = "raw", jpeg_quality: int = 90,
     row_group_tiles: int = 256, threads: int = 1, mpp_override: float | None = None,
+    resample: bool = True, mpp: float | None = None, tile_extent: int | None = None,
 ) -> int:
-    """RGB pixels of the retained tiles only, streamed into Parquet row groups."""
+    """RGB pixels of the retained tiles only, streamed into Parquet row groups.
+
+    With ``resample`` and a target ``mpp`` (the tiling was given in µm/px, not
+    as a level), every tile is delivered as ``tile_extent`` pixels at the
+    target resolution, area-averaged from the level read when that level's
+    region has another size (no pyramid level at ``mpp``); otherwise the
+    native pixels of the level are stored.
+    """
     from mask_first.io import read_table
     from mask_first.tiles.pixels import write_tile_pixels
 
@@ -349,11 +357,13 @@ def write_retained_pixels(
     kept = table.filter(table.column("retained")).drop_columns(["retained"])
     first = table.slice(0, 1).to_pylist()
     tx, ty, level = (first[0]["tile_extent_x"], first[0]["tile_extent_y"], first[0]["level"]) if first else (1, 1, 0)
+    resample_to = (tile_extent, tile_extent) if resample and mpp is not None and tile_extent and first else None
     n = write_tile_pixels(
-        out, slide_path, kept, level=level, tile_extent_x=tx, tile_extent_y=ty, encoding=encoding,
-        jpeg_quality=jpeg_quality, row_group_tiles=row_group_tiles, threads=threads, mpp_override=mpp_override,
+        out, slide_path, kept, level=level, tile_extent_x=tx, tile_extent_y=ty, resample_to=resample_to,
+        encoding=encoding, jpeg_quality=jpeg_quality, row_group_tiles=row_group_tiles, threads=threads,
+        mpp_override=mpp_override,
     )
-    log.info("%d tiles written", n)
+    log.info("%d tiles written%s", n, f", delivered at {resample_to[0]} px" if resample_to else "")
     return n
 
 

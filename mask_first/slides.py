@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import os
 import re
-import threading
 import xml.etree.ElementTree as ET
-from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -56,6 +54,9 @@ _MAX_PLAUSIBLE_MPP = 100.0
 MPP_TOLERANCE = 0.1
 
 WHITE = 255
+
+#: native pixels held at once while resampling (bytes)
+RESAMPLE_CHUNK_BYTES = 64 << 20
 
 
 class SlideError(ValueError):
@@ -163,6 +164,56 @@ class Slide:
         """
         raise NotImplementedError
 
+    def read_resampled_into(
+        self,
+        level: int,
+        xs: np.ndarray,
+        ys: np.ndarray,
+        width: int,
+        height: int,
+        out: np.ndarray,
+        threads: int = 1,
+    ) -> None:
+        """Fill ``out[i]`` with the region at ``(xs[i], ys[i])`` of ``level``, area-averaged to ``out``'s size.
+
+        Parameters
+        ----------
+        level : int
+        xs, ys : array of int, shape (N,)
+            Top-left corners in pixels of ``level``.
+        width, height : int
+            Region read, in pixels of ``level``.
+        out : ndarray of uint8, shape (N, out_h, out_w, 3)
+            Delivered tiles; when ``(out_h, out_w) == (height, width)`` this is
+            :meth:`read_regions_into`.
+        threads : int
+
+        Notes
+        -----
+        Shrinking uses OpenCV's ``INTER_AREA``: each output pixel is the
+        area-weighted mean of the level pixels it covers (for integer factors
+        exactly the block mean, rounded), so no aliasing and no invented
+        detail. Regions are read in chunks of :data:`RESAMPLE_CHUNK_BYTES`.
+        """
+        n, out_h, out_w = out.shape[:3]
+        if (out_h, out_w) == (height, width):
+            self.read_regions_into(level, xs, ys, width, height, out, threads=threads)
+            return
+        import cv2
+
+        xs, ys = np.asarray(xs), np.asarray(ys)
+        chunk = max(1, min(n, RESAMPLE_CHUNK_BYTES // (width * height * 3)))
+        buf = np.empty((chunk, height, width, 3), np.uint8)
+        for a in range(0, n, chunk):
+            b = min(a + chunk, n)
+            native = buf[: b - a]
+            self.read_regions_into(level, xs[a:b], ys[a:b], width, height, native, threads=threads)
+            for k in range(b - a):
+                dst = out[a + k]
+                res = cv2.resize(native[k], (out_w, out_h), dst=dst, interpolation=cv2.INTER_AREA)
+                if res is not dst and not np.may_share_memory(res, dst):
+                    dst[...] = res
+
     def close(self) -> None:
         pass
 
@@ -179,15 +230,17 @@ class Slide:
 
 
 class _TiffLevelReader:
-    """Decodes the stored tiles (or strips) of one TIFF page on demand.
+    """Decodes the stored tiles (or strips) of one TIFF page.
 
     The page is seen as a grid of segments of ``seg_h x seg_w`` pixels (tiles,
-    or strips of ``rowsperstrip`` rows spanning the width). Decoded segments
-    are kept in a small LRU cache because neighbouring requests (overlapping
-    strides, tiles straddling segment borders) need the same segments.
+    or strips of ``rowsperstrip`` rows spanning the width). A batch of
+    requested regions is served segment by segment: every segment the batch
+    touches is decoded exactly once, straight into the output when a request
+    is exactly that segment, otherwise into a per-thread scratch buffer from
+    which each request that overlaps it copies its part.
     """
 
-    def __init__(self, page, fd: int, cache_segments: int = 256, name: str = "", level: int = 0):
+    def __init__(self, page, fd: int, name: str = "", level: int = 0):
         self.page = page
         self.name = name
         self.level = level
@@ -198,6 +251,7 @@ class _TiffLevelReader:
             self.seg_w, self.seg_h = int(page.tilewidth), int(page.tilelength)
         else:
             self.seg_w, self.seg_h = self.width, int(min(page.rowsperstrip or self.height, self.height))
+        self.tiled = bool(page.is_tiled)
         self.n_x = -(-self.width // self.seg_w)
         self.n_y = -(-self.height // self.seg_h)
         self.offsets = np.asarray(page.dataoffsets, np.int64)
@@ -205,65 +259,57 @@ class _TiffLevelReader:
         self.samples = int(page.samplesperpixel)
         self._decode = page.decode
         self._jpegtables = page.jpegtables
-        # 8-bit RGB JPEG segments can be decoded by libjpeg straight into the
-        # caller's array: no intermediate array, no copy
+        # 8-bit RGB JPEG segments are decoded by libjpeg straight into a
+        # contiguous array we own (the output or a scratch buffer): no
+        # intermediate allocation, none of tifffile's per-call overhead
         self._jpeg_colorspaces = None
         if page.compression == 7 and page.bitspersample == 8 and self.samples == 3 and not page.extrasamples:
             if page.photometric == 6:  # YCbCr stored, RGB out: libjpeg converts
                 self._jpeg_colorspaces = (None, 2)
             elif page.photometric == 2:  # RGB stored; Aperio writes it without a JFIF marker
                 self._jpeg_colorspaces = (None if page.is_jfif else 2, 2)
-        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
-        self._cache_size = cache_segments
-        self._lock = threading.Lock()
 
-    def decode_segment(self, index: int) -> np.ndarray:
-        """Segment ``index`` (row-major) as (seg_h, seg_w, 3) uint8; blank segments are white."""
-        with self._lock:
-            hit = self._cache.get(index)
-            if hit is not None:
-                self._cache.move_to_end(index)
-                return hit
+    def segment_rows(self, index: int) -> int:
+        """Rows of image data in segment ``index`` (a last strip can be short)."""
+        if self.tiled:
+            return self.seg_h
+        return min(self.seg_h, self.height - (index // self.n_x) * self.seg_h)
+
+    def decode(self, index: int, buf: np.ndarray) -> np.ndarray:
+        """Segment ``index`` as (rows, seg_w, 3) uint8 RGB, into ``buf`` when the codec allows.
+
+        Parameters
+        ----------
+        index : int
+            Row-major segment index.
+        buf : ndarray of uint8, shape (seg_h, seg_w, 3), C-contiguous
+            Written to by the JPEG fast path; other codecs return a new array.
+
+        Returns
+        -------
+        ndarray
+            ``rows = segment_rows(index)``; a segment never written (sparse
+            TIFF) is white background.
+        """
         count = int(self.counts[index])
-        if count == 0:  # sparse TIFF: a segment never written is background
-            arr = np.full((self.seg_h, self.seg_w, 3), WHITE, np.uint8)
-        else:
-            data = os.pread(self.fd, count, int(self.offsets[index]))
-            try:
-                arr = self._decode(data, index, jpegtables=self._jpegtables)[0]
-            except Exception as exc:
-                raise self._corrupt(index, exc) from None
-            arr = arr.reshape(arr.shape[-3:])
-            arr = _to_rgb(arr)
-        with self._lock:
-            self._cache[index] = arr
-            if len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-        return arr
-
-    def is_whole_segment(self, index: int, x: int, y: int, width: int, height: int) -> bool:
-        """True when the region is exactly segment ``index`` and lies inside the image."""
-        j, i = divmod(index, self.n_x)
-        sx0, sy0 = i * self.seg_w, j * self.seg_h
-        return (
-            x == sx0 and y == sy0 and width == self.seg_w and height == self.seg_h
-            and sx0 + width <= self.width and sy0 + height <= self.height
-        )
-
-    def decode_into(self, index: int, out: np.ndarray) -> None:
-        """Decode segment ``index`` into ``out`` (seg_h, seg_w, 3), bypassing the cache."""
-        count = int(self.counts[index])
-        if self._jpeg_colorspaces is None or count == 0:
-            out[...] = self.decode_segment(index)
-            return
-        import imagecodecs
-
+        rows = self.segment_rows(index)
+        if count == 0:
+            buf[:rows] = WHITE
+            return buf[:rows]
         data = os.pread(self.fd, count, int(self.offsets[index]))
-        cs, ocs = self._jpeg_colorspaces
         try:
-            imagecodecs.jpeg8_decode(data, tables=self._jpegtables, colorspace=cs, outcolorspace=ocs, out=out)
+            if self._jpeg_colorspaces is not None:
+                import imagecodecs
+
+                cs, ocs = self._jpeg_colorspaces
+                return imagecodecs.jpeg8_decode(
+                    data, tables=self._jpegtables, colorspace=cs, outcolorspace=ocs, out=buf[:rows]
+                )
+            arr = self._decode(data, index, jpegtables=self._jpegtables)[0]
         except Exception as exc:
             raise self._corrupt(index, exc) from None
+        arr = arr.reshape(arr.shape[-3:])
+        return _to_rgb(arr)
 
     def _corrupt(self, index: int, exc: Exception) -> "SlideError":
         j, i = divmod(index, self.n_x)
@@ -272,28 +318,95 @@ class _TiffLevelReader:
             f"(x={i * self.seg_w}, y={j * self.seg_h}): {type(exc).__name__}: {exc}".replace("\n", " ")
         )
 
-    def segments_for(self, x0: int, y0: int, x1: int, y1: int) -> list[int]:
-        """Row-major indices of the segments touching the clipped box [x0, x1) x [y0, y1)."""
-        cx0, cy0 = max(x0, 0), max(y0, 0)
-        cx1, cy1 = min(x1, self.width), min(y1, self.height)
-        if cx0 >= cx1 or cy0 >= cy1:
-            return []
-        sx = range(cx0 // self.seg_w, (cx1 - 1) // self.seg_w + 1)
-        sy = range(cy0 // self.seg_h, (cy1 - 1) // self.seg_h + 1)
-        return [j * self.n_x + i for j in sy for i in sx]
+    def plan(self, xs: list[int], ys: list[int], width: int, height: int):
+        """Which requests need which segment.
+
+        Returns
+        -------
+        segments : dict of int -> list of int
+            Row-major segment index -> indices of the requests overlapping it,
+            segments in file order.
+        direct : dict of int -> int
+            Segments that are exactly one request (decoded straight into it).
+        partial : list of int
+            Requests reaching outside the image (pre-filled white).
+        """
+        segments: dict[int, list[int]] = {}
+        direct: dict[int, int] = {}
+        partial: list[int] = []
+        W, H, sw, sh, nx = self.width, self.height, self.seg_w, self.seg_h, self.n_x
+        for k, (x, y) in enumerate(zip(xs, ys)):
+            x1, y1 = x + width, y + height
+            inside = x >= 0 and y >= 0 and x1 <= W and y1 <= H
+            if not inside:
+                partial.append(k)
+            cx0, cy0, cx1, cy1 = max(x, 0), max(y, 0), min(x1, W), min(y1, H)
+            if cx0 >= cx1 or cy0 >= cy1:
+                continue
+            i0, i1 = cx0 // sw, (cx1 - 1) // sw
+            j0, j1 = cy0 // sh, (cy1 - 1) // sh
+            if inside and i0 == i1 and j0 == j1 and width == sw and height == sh and x == i0 * sw and y == j0 * sh:
+                s = j0 * nx + i0
+                if s not in segments:
+                    direct[s] = k
+            for j in range(j0, j1 + 1):
+                for i in range(i0, i1 + 1):
+                    segments.setdefault(j * nx + i, []).append(k)
+        # a segment shared by several requests goes through the scratch buffer
+        direct = {s: k for s, k in direct.items() if len(segments[s]) == 1}
+        return dict(sorted(segments.items())), direct, partial
 
     def paste(self, index: int, seg: np.ndarray, x: int, y: int, out: np.ndarray) -> None:
-        """Copy the part of segment ``index`` that lies in the region at (x, y) into ``out``."""
+        """Copy the part of decoded segment ``index`` that lies in the region at (x, y) into ``out``."""
         j, i = divmod(index, self.n_x)
         sx0, sy0 = i * self.seg_w, j * self.seg_h
         # clip to the segment, the image and the requested region at once
         ax0 = max(sx0, x)
         ay0 = max(sy0, y)
         ax1 = min(sx0 + self.seg_w, self.width, x + out.shape[1])
-        ay1 = min(sy0 + self.seg_h, self.height, y + out.shape[0])
+        ay1 = min(sy0 + seg.shape[0], self.height, y + out.shape[0])
         if ax0 >= ax1 or ay0 >= ay1:
             return
         out[ay0 - y : ay1 - y, ax0 - x : ax1 - x] = seg[ay0 - sy0 : ay1 - sy0, ax0 - sx0 : ax1 - sx0]
+
+    def read_into(self, xs, ys, width: int, height: int, out: np.ndarray, threads: int = 1) -> None:
+        """Fill ``out[k]`` with the region (xs[k], ys[k], width, height); see ``Slide.read_regions_into``."""
+        xs = np.asarray(xs, np.int64).tolist()
+        ys = np.asarray(ys, np.int64).tolist()
+        segments, direct, partial = self.plan(xs, ys, width, height)
+        for k in partial:
+            out[k] = WHITE
+        order = list(segments)
+        if not order:
+            return
+        if not out.flags.c_contiguous:  # libjpeg needs contiguous rows: go through the scratch buffer
+            direct = {}
+
+        def work(chunk: list[int]) -> None:
+            scratch = np.empty((self.seg_h, self.seg_w, 3), np.uint8)
+            for s in chunk:
+                k = direct.get(s)
+                if k is not None:
+                    dst = out[k]
+                    seg = self.decode(s, dst)
+                    if not np.may_share_memory(seg, dst):  # codec without out=: copy in
+                        dst[...] = seg
+                    continue
+                seg = self.decode(s, scratch)
+                for k in segments[s]:
+                    self.paste(s, seg, xs[k], ys[k], out[k])
+
+        n = min(threads, len(order))
+        if n <= 1:
+            work(order)
+            return
+        # contiguous chunks keep each thread's reads sequential in the file;
+        # imagecodecs releases the GIL while decoding, and different segments
+        # write disjoint pixels of the output, so threads never collide
+        bounds = np.linspace(0, len(order), n + 1).astype(int)
+        with ThreadPoolExecutor(n) as pool:
+            for f in [pool.submit(work, order[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]:
+                f.result()
 
 
 def _to_rgb(arr: np.ndarray) -> np.ndarray:
@@ -378,33 +491,7 @@ class TiffSlide(Slide):
         return r.seg_w, r.seg_h
 
     def read_regions_into(self, level, xs, ys, width, height, out, threads: int = 1) -> None:
-        reader = self._readers[level]
-        xs = np.asarray(xs, np.int64).tolist()
-        ys = np.asarray(ys, np.int64).tolist()
-        direct: list[tuple[int, int]] = []  # (request, segment) decoded straight into out
-        pasted: list[tuple[int, list[int]]] = []  # requests assembled from cached segments
-        for k, (x, y) in enumerate(zip(xs, ys)):
-            segs = reader.segments_for(x, y, x + width, y + height)
-            if len(segs) == 1 and reader.is_whole_segment(segs[0], x, y, width, height):
-                direct.append((k, segs[0]))
-            else:
-                pasted.append((k, segs))
-        unique = sorted({s for _, segs in pasted for s in segs})
-        jobs = [lambda k=k, s=s: reader.decode_into(s, out[k]) for k, s in direct]
-        jobs += [lambda s=s: reader.decode_segment(s) for s in unique]
-        if threads > 1 and len(jobs) > 1:
-            # imagecodecs releases the GIL while decoding, so threads scale
-            with ThreadPoolExecutor(threads) as pool:
-                results = list(pool.map(lambda job: job(), jobs))
-        else:
-            results = [job() for job in jobs]
-        decoded = dict(zip(unique, results[len(direct):]))
-        for k, segs in pasted:
-            x, y, tile = xs[k], ys[k], out[k]
-            if not (x >= 0 and y >= 0 and x + width <= reader.width and y + height <= reader.height):
-                tile[...] = WHITE
-            for s in segs:
-                reader.paste(s, decoded[s], x, y, tile)
+        self._readers[level].read_into(xs, ys, width, height, out, threads=threads)
 
     def close(self) -> None:
         if getattr(self, "_fd", None) is not None:

@@ -66,6 +66,23 @@ def write_pyramid_tiff(path: Path, image: np.ndarray, *, mpp: float | None = 0.5
     return path
 
 
+def area_average(img: np.ndarray, out_w: int, out_h: int) -> np.ndarray:
+    """Exact area average of (h, w, c) ``img`` to (out_h, out_w, c), float64, by brute force.
+
+    Output pixel i along an axis covers input interval [i * s, (i + 1) * s),
+    s = in / out; each input pixel weighs by the length of its overlap with
+    it. Independent of OpenCV, for checking resampled tiles.
+    """
+    def weights(n_in: int, n_out: int) -> np.ndarray:
+        s = n_in / n_out
+        lo = np.arange(n_out)[:, None] * s
+        j = np.arange(n_in)[None, :]
+        return np.clip(np.minimum(lo + s, j + 1) - np.maximum(lo, j), 0, None) / s
+
+    wy, wx = weights(img.shape[0], out_h), weights(img.shape[1], out_w)
+    return np.einsum("yi,ijc,xj->yxc", wy, img.astype(np.float64), wx)
+
+
 @pytest.fixture
 def textured_image() -> np.ndarray:
     """(600, 700, 3) uint8 with smooth gradients, so JPEG loss stays small and positions are testable."""
@@ -91,7 +108,7 @@ SMALL_CONFIG = {
     "mask": {"mpp": 8.0, "method": "otsu", "params": {}},
     "tiling": {"mpp": 1.0, "level": None, "tile_extent": 128, "stride": 128, "last": "keep"},
     "filter": {"method": "mask", "tissue_threshold": 0.5, "tissue_value": 255, "pixel_std_threshold": 8.0},
-    "pixels": {"enabled": True, "encoding": "raw", "jpeg_quality": 90, "row_group_tiles": 16},
+    "pixels": {"enabled": True, "encoding": "raw", "jpeg_quality": 90, "row_group_tiles": 16, "resample": True},
     "heatmap": {"predictions": "results/retained/{slide}.parquet", "columns": ["fraction_255"],
                 "aggregation": "mean", "storage": "memmap"},
     "qc": {"size": 512},

@@ -37,6 +37,13 @@ def _coords(tile_x, tile_y) -> tuple[np.ndarray, np.ndarray]:
     return xs, ys
 
 
+def _pair(v) -> tuple[int, int]:
+    if np.ndim(v) == 0:
+        return int(v), int(v)
+    a, b = v
+    return int(a), int(b)
+
+
 def iter_slide_tiles(
     slide: Slide | str | os.PathLike,
     tile_x,
@@ -48,24 +55,28 @@ def iter_slide_tiles(
     batch_size: int = DEFAULT_BATCH,
     threads: int = 1,
     mpp_override: float | None = None,
+    resample_to: tuple[int, int] | None = None,
 ) -> Iterator[tuple[slice, np.ndarray]]:
-    """Stream tiles in batches.
+    """Stream tiles in batches (arguments as :func:`read_slide_tiles`).
 
     Yields
     ------
-    (slice, ndarray of uint8, shape (B, tile_extent_y, tile_extent_x, 3))
-        The positions of the batch in the input arrays and its pixels. The
+    (slice, ndarray of uint8, shape (B, H, W, 3))
+        The positions of the batch in the input arrays and its pixels, (H, W)
+        = ``(tile_extent_y, tile_extent_x)`` or ``resample_to`` reversed. The
         array is reused between batches: copy it if you keep it.
     """
     xs, ys = _coords(tile_x, tile_y)
+    out_w, out_h = (tile_extent_x, tile_extent_y) if resample_to is None else _pair(resample_to)
     own = not isinstance(slide, Slide)
     s = open_slide(slide, mpp_override, require_mpp=False) if own else slide
     try:
-        buf = np.empty((min(batch_size, max(len(xs), 1)), tile_extent_y, tile_extent_x, 3), np.uint8)
+        buf = np.empty((min(batch_size, max(len(xs), 1)), out_h, out_w, 3), np.uint8)
         for start in range(0, len(xs), batch_size):
             stop = min(start + batch_size, len(xs))
             out = buf[: stop - start]
-            s.read_regions_into(level, xs[start:stop], ys[start:stop], tile_extent_x, tile_extent_y, out, threads=threads)
+            s.read_resampled_into(level, xs[start:stop], ys[start:stop], tile_extent_x, tile_extent_y, out,
+                                  threads=threads)
             yield slice(start, stop), out
     finally:
         if own:
@@ -73,10 +84,10 @@ def iter_slide_tiles(
 
 
 def _read_into(slide: Slide, level: int, xs, ys, ex: int, ey: int, out: np.ndarray, threads: int) -> None:
-    # decode straight into the result, batch by batch (the decoded-segment cache stays small)
-    for start in range(0, len(xs), DEFAULT_BATCH):
-        sl = slice(start, start + DEFAULT_BATCH)
-        slide.read_regions_into(level, xs[sl], ys[sl], ex, ey, out[sl], threads=threads)
+    # one call: every stored tile is decoded once for the whole request, straight
+    # into the result where a request is exactly a stored tile; out's (H, W)
+    # other than (ey, ex) means area-average to it
+    slide.read_resampled_into(level, xs, ys, ex, ey, out, threads=threads)
 
 
 def read_slide_tiles(
@@ -89,6 +100,7 @@ def read_slide_tiles(
     *,
     threads: int = 1,
     mpp_override=None,
+    resample_to: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """RGB pixels of many tiles, of one slide or of a tile table spanning many.
 
@@ -114,11 +126,17 @@ def read_slide_tiles(
     mpp_override : float or column of float, optional
         Passed to :func:`~mask_first.slides.open_slide` (one value per slide);
         only changes the slide's reported mpp, never the pixels read.
+    resample_to : (int, int), optional
+        Delivered tile (width, height) in pixels for every tile: each
+        ``tile_extent`` region of ``level`` is area-averaged to this size
+        (OpenCV ``INTER_AREA``), so a 512-px region at 0.25 µm/px becomes a
+        256-px tile at 0.5 µm/px. None: native pixels of ``level``.
 
     Returns
     -------
     ndarray of uint8, shape (N, tile_extent_y, tile_extent_x, 3)
-        (tile, y, x, RGB) when every tile has the same extent; area outside
+        (tile, y, x, RGB) when every tile has the same extent (or
+        ``resample_to`` reversed, whatever the extents); area outside
         the slide is white, matching OpenSlide's ``read_region`` composited on
         white. When extents differ between rows, an object ndarray of shape
         (N,) holding one (tile_extent_y_i, tile_extent_x_i, 3) array per tile
@@ -132,8 +150,10 @@ def read_slide_tiles(
     ys = np.broadcast_to(broadcast(tile_y, n, np.int64), (n,))
     ex, ey, lv = (broadcast(v, n, np.int64) for v in (tile_extent_x, tile_extent_y, level))
     ex, ey = _uniform(ex), _uniform(ey)
-    ragged = isinstance(ex, np.ndarray) or isinstance(ey, np.ndarray)
-    out = np.empty(n, object) if ragged else np.empty((n, int(ey), int(ex), 3), np.uint8)
+    rs = None if resample_to is None else _pair(resample_to)
+    ragged = rs is None and (isinstance(ex, np.ndarray) or isinstance(ey, np.ndarray))
+    out_wh = rs if rs is not None else (None if ragged else (int(ex), int(ey)))
+    out = np.empty(n, object) if ragged else np.empty((n, out_wh[1], out_wh[0], 3), np.uint8)
     overrides = broadcast(mpp_override, n, None) if mpp_override is not None else None
     groups = [(path, slice(0, n))] if isinstance(path, Slide) else group_rows(path, n)
     for key, index in groups:
@@ -156,7 +176,7 @@ def read_slide_tiles(
                     start = index.start + sub.start
                     _read_into(slide, g_lv, gx[sub], gy[sub], g_ex, g_ey, out[start : start + (sub.stop - sub.start)], threads)
                 else:
-                    tiles = np.empty((len(gx[sub]), g_ey, g_ex, 3), np.uint8)
+                    tiles = np.empty((len(gx[sub]), out_wh[1], out_wh[0], 3), np.uint8)
                     _read_into(slide, g_lv, gx[sub], gy[sub], g_ex, g_ey, tiles, threads)
                     out[np.arange(n)[index][sub]] = tiles
         finally:
@@ -220,13 +240,24 @@ def tile_pixel_std(tiles: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------
 
 
-def _encode(tiles: np.ndarray, encoding: str, quality: int) -> list[bytes]:
+#: Parquet zstd level of the pixel column: level 1 writes ~280 MB/s of tile
+#: bytes on this machine, level 3 ~170 MB/s for 5 % smaller files (bench_pixels.py)
+PIXEL_ZSTD_LEVEL = 1
+
+
+def _encode(tiles: np.ndarray, encoding: str, quality: int):
+    """The pixel column of one batch as a pyarrow array (raw: zero-copy over the tile bytes)."""
+    import pyarrow as pa
+
     if encoding == "raw":
-        return [t.tobytes() for t in tiles]
+        n, size = len(tiles), tiles[0].nbytes if len(tiles) else 0
+        offsets = np.arange(n + 1, dtype=np.int32) * size
+        data = np.ascontiguousarray(tiles).reshape(-1)
+        return pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
     if encoding == "jpeg":
         import imagecodecs
 
-        return [bytes(imagecodecs.jpeg8_encode(t, level=quality)) for t in tiles]
+        return pa.array([bytes(imagecodecs.jpeg8_encode(t, level=quality)) for t in tiles], pa.binary())
     raise ValueError(f"pixel encoding must be 'raw' or 'jpeg', got {encoding!r}")
 
 
@@ -238,6 +269,7 @@ def write_tile_pixels(
     level: int,
     tile_extent_x: int,
     tile_extent_y: int,
+    resample_to: tuple[int, int] | None = None,
     encoding: str = "raw",
     jpeg_quality: int = 90,
     batch_size: int = DEFAULT_BATCH,
@@ -257,10 +289,13 @@ def write_tile_pixels(
         Must have ``x`` and ``y`` columns (pixels of ``level``); every other
         column is copied into the output as metadata.
     level, tile_extent_x, tile_extent_y : int
+        Level read and the region of each tile in its pixels.
+    resample_to : (int, int), optional
+        Delivered (width, height) in pixels; see :func:`read_slide_tiles`.
     encoding : {"raw", "jpeg"}
         ``"raw"`` stores the uint8 (H, W, 3) bytes losslessly (Parquet zstd
-        compresses them); ``"jpeg"`` stores baseline JPEG at ``jpeg_quality``,
-        about 10x smaller but lossy.
+        level :data:`PIXEL_ZSTD_LEVEL`); ``"jpeg"`` stores baseline JPEG at
+        ``jpeg_quality``, several times smaller but lossy.
     row_group_tiles : int
         Tiles per Parquet row group: memory holds one row group, never the slide.
 
@@ -268,6 +303,13 @@ def write_tile_pixels(
     -------
     int
         Number of tiles written.
+
+    Notes
+    -----
+    The output describes the delivered pixels: ``tile_extent_x/y`` are their
+    size in pixels, ``mpp_x/mpp_y`` their resolution in µm/px (level mpp x
+    region / delivered size), ``read_extent_x/y`` the region read in pixels of
+    ``level`` at ``x``, ``y``. Metadata columns of those names are replaced.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -275,45 +317,53 @@ def write_tile_pixels(
     meta = as_table(tiles)
     xs, ys = _coords(meta.column("x").to_numpy(), meta.column("y").to_numpy())
     n = meta.num_rows
-    constants = {
-        "tile_extent_x": pa.scalar(tile_extent_x, pa.int64()),
-        "tile_extent_y": pa.scalar(tile_extent_y, pa.int64()),
-        "level": pa.scalar(level, pa.int64()),
-        "encoding": pa.scalar(encoding, pa.string()),
-    }
-    constants = {k: v for k, v in constants.items() if k not in meta.column_names}
-    schema = meta.schema
-    for name, value in constants.items():
-        schema = schema.append(pa.field(name, value.type))
-    schema = schema.append(pa.field("pixels", pa.binary()))
+    out_w, out_h = (tile_extent_x, tile_extent_y) if resample_to is None else _pair(resample_to)
+    if encoding not in ("raw", "jpeg"):
+        raise ValueError(f"pixel encoding must be 'raw' or 'jpeg', got {encoding!r}")
+    with open_slide(slide_path, mpp_override, require_mpp=False) as slide:
+        lmx, lmy = slide.level_mpp(level)
+        constants = {
+            "level": pa.scalar(level, pa.int64()),
+            "tile_extent_x": pa.scalar(out_w, pa.int64()),
+            "tile_extent_y": pa.scalar(out_h, pa.int64()),
+            "mpp_x": pa.scalar(lmx * tile_extent_x / out_w, pa.float64()),
+            "mpp_y": pa.scalar(lmy * tile_extent_y / out_h, pa.float64()),
+            "read_extent_x": pa.scalar(tile_extent_x, pa.int64()),
+            "read_extent_y": pa.scalar(tile_extent_y, pa.int64()),
+            "encoding": pa.scalar(encoding, pa.string()),
+        }
+        replaced = [c for c in ("tile_extent_x", "tile_extent_y", "mpp_x", "mpp_y", "read_extent_x",
+                                "read_extent_y", "encoding") if c in meta.column_names]
+        meta = meta.drop_columns(replaced)
+        if "level" in meta.column_names:
+            constants.pop("level")
+        schema = meta.schema
+        for name, value in constants.items():
+            schema = schema.append(pa.field(name, value.type))
+        schema = schema.append(pa.field("pixels", pa.binary()))
+        small = [f.name for f in schema if f.name != "pixels"]
 
-    with atomic_path(out_path) as tmp:
-        writer = pq.ParquetWriter(tmp, schema, compression="zstd")
-        try:
-            pending: list[bytes] = []
-            start = 0
+        with atomic_path(out_path) as tmp:
+            # dictionary encoding and min/max statistics over the pixel bytes cost
+            # more than the compression itself (3.6x slower writes when on)
+            writer = pq.ParquetWriter(tmp, schema, compression="zstd", compression_level=PIXEL_ZSTD_LEVEL,
+                                      use_dictionary=small, write_statistics=small)
+            try:
+                def write(start: int, stop: int, pixels) -> None:
+                    chunk = meta.slice(start, stop - start)
+                    for name, value in constants.items():
+                        chunk = chunk.append_column(name, pa.array([value.as_py()] * (stop - start), value.type))
+                    writer.write_table(chunk.append_column("pixels", pixels))
 
-            def flush(upto: int) -> None:
-                nonlocal pending, start
-                chunk = meta.slice(start, upto - start)
-                for name, value in constants.items():
-                    chunk = chunk.append_column(name, pa.array([value.as_py()] * (upto - start), value.type))
-                chunk = chunk.append_column("pixels", pa.array(pending, pa.binary()))
-                writer.write_table(chunk)
-                pending, start = [], upto
-
-            with open_slide(slide_path, mpp_override, require_mpp=False) as slide:
+                if n == 0:
+                    write(0, 0, pa.array([], pa.binary()))
                 for sl, batch in iter_slide_tiles(
                     slide, xs, ys, tile_extent_x, tile_extent_y, level,
-                    batch_size=min(batch_size, row_group_tiles), threads=threads,
+                    batch_size=row_group_tiles, threads=threads, resample_to=(out_w, out_h),
                 ):
-                    pending.extend(_encode(batch, encoding, jpeg_quality))
-                    if len(pending) >= row_group_tiles:
-                        flush(sl.stop)
-            if pending or start == 0:
-                flush(n)
-        finally:
-            writer.close()
+                    write(sl.start, sl.stop, _encode(batch, encoding, jpeg_quality))
+            finally:
+                writer.close()
     return n
 
 

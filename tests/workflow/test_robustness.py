@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 CONFIG = {
     "tiling": {"mpp": 1.0, "level": None, "tile_extent": 128, "stride": 128, "last": "keep"},
     "qc": {"size": 256},
-    "pixels": {"enabled": True, "encoding": "raw", "jpeg_quality": 90, "row_group_tiles": 32},
+    "pixels": {"enabled": True, "encoding": "raw", "jpeg_quality": 90, "row_group_tiles": 32, "resample": True},
 }
 
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from conftest import (
-    IN_CI, SHARED_SLIDES, SMALL_CONFIG, mask_of, planned_jobs, run_workflow, shared_slides_reason, skip_or_fail, write_sheet,
+    IN_CI, SHARED_SLIDES, SMALL_CONFIG, area_average, mask_of, planned_jobs, run_workflow, shared_slides_reason, skip_or_fail, write_sheet,
 )
 from mask_first.assembly.heatmaps import read_heatmap_tiff
 from mask_first.tissue.overlay import read_mask_overlay
@@ -129,18 +129,22 @@ def test_retained_fractions_equal_brute_force_pixel_counts(cohort):
     np.testing.assert_allclose(ret.fraction_0 + ret.fraction_255, 1.0)
 
 
-def test_pixels_hold_exactly_the_retained_tiles_and_match_the_level_page(cohort):
-    """Every stored tile equals tifffile's decode of its level's page at (x, y) (white outside).
+def test_pixels_hold_exactly_the_retained_tiles_at_the_target_mpp_and_match_the_level_page(cohort):
+    """Every stored tile is 128 px at ~1 µm/px (pixels.resample, the default) and equals tifffile's
+    decode of its level's page at (x, y) (white outside), area-averaged when the region read differs.
 
     The tiling level (1 µm/px) is > 0 for every slide with a pyramid here, and
     the real pyramids' downsamples are not integers, so a level-0 origin would
     be fractional for most tiles: the page is the reference that needs no
-    origin at all, and tiles at levels > 0 must have been compared.
+    origin at all, and tiles at levels > 0 must have been compared. The
+    one-level SVS (0.499 µm/px) has no level at 1 µm/px: its 257-px regions
+    of level 0 are delivered as 128-px tiles, checked against a brute-force
+    area average.
     """
     import tifffile
 
     wd, _, rows = cohort
-    compared = upper = 0
+    compared = upper = resampled = 0
     for sid in _ids(cohort):
         ret = pd.read_parquet(wd / f"results/retained/{sid}.parquet")
         kept = ret[ret.retained]
@@ -151,15 +155,23 @@ def test_pixels_hold_exactly_the_retained_tiles_and_match_the_level_page(cohort)
             assert level > 0 or len(tf.series[0].levels) == 1, sid  # 1 µm/px is coarser than any level 0 here
             page = np.asarray(tf.series[0].levels[level].asarray())[..., :3]
         for meta, px in stored[:: max(1, len(stored) // 12)]:
-            w, h, x, y = meta["tile_extent_x"], meta["tile_extent_y"], meta["x"], meta["y"]
-            assert px.shape == (h, w, 3)
+            w, h, x, y = meta["read_extent_x"], meta["read_extent_y"], meta["x"], meta["y"]
+            assert (w, h) == (kept.tile_extent_x.iloc[0], kept.tile_extent_y.iloc[0])
+            assert px.shape == (128, 128, 3) and (meta["tile_extent_x"], meta["tile_extent_y"]) == (128, 128)
+            assert meta["mpp_x"] == pytest.approx(kept.mpp_x.iloc[0] * w / 128)
+            assert meta["mpp_x"] == pytest.approx(1.0, rel=0.01)
             ref = np.full((h, w, 3), 255, np.uint8)
             part = page[y : y + h, x : x + w]
             ref[: part.shape[0], : part.shape[1]] = part
+            if (w, h) != (128, 128):
+                ref = area_average(ref, 128, 128)
+                resampled += 1
             assert np.abs(px.astype(np.int16) - ref).max() <= 2, (sid, x, y)
             compared += 1
             upper += level > 0
     assert compared >= 12 * len(_ids(cohort)) // 2 and upper > 0, (compared, upper)
+    if "cmu-svs" in _ids(cohort):
+        assert resampled > 0
 
 
 def test_summary_counts_and_tissue_area(cohort):

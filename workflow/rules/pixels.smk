@@ -12,6 +12,9 @@ rule pixels:
         jpeg_quality=config["pixels"]["jpeg_quality"],
         row_group_tiles=config["pixels"]["row_group_tiles"],
         mpp_override=mpp_override,
+        resample=config["pixels"]["resample"],
+        mpp=config["tiling"]["mpp"],
+        tile_extent=config["tiling"]["tile_extent"],
     log:
         "results/logs/pixels/{slide}.log",
     benchmark:

@@ -183,3 +183,128 @@ def test_slide_without_mpp_reads_pixels_without_an_override(shared_slides):
 
     with pytest.raises(SlideError, match="no microns-per-pixel"):
         open_slide(path)  # everything that needs mpp still asks for it
+
+
+# ---------------------------------------------------------------------------
+# geometries of the batch reader, against tifffile's decode of the level page
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def jpeg_pyramid(tmp_path_factory):
+    """A 3-level JPEG pyramid stored in 64-px tiles, with its levels decoded by tifffile."""
+    import tifffile
+
+    from conftest import write_pyramid_tiff
+
+    rng = np.random.default_rng(7)
+    y, x = np.mgrid[0:700, 0:900]
+    img = np.stack([(x * 0.3) % 256, (y * 0.4) % 256, ((x + y) * 0.2) % 256], axis=-1)
+    img = np.clip(img + rng.normal(0, 12, img.shape), 0, 255).astype(np.uint8)
+    path = write_pyramid_tiff(tmp_path_factory.mktemp("pyr") / "pyr.tif", img, tile=64, levels=3)
+    with tifffile.TiffFile(path) as tf:
+        levels = [lv.asarray() for lv in tf.series[0].levels]
+    return path, levels
+
+
+def _crop(level_img, x, y, w, h):
+    out = np.full((h, w, 3), 255, np.uint8)
+    x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, level_img.shape[1]), min(y + h, level_img.shape[0])
+    if x0 < x1 and y0 < y1:
+        out[y0 - y : y1 - y, x0 - x : x1 - x] = level_img[y0:y1, x0:x1]
+    return out
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(
+    "geometry, size, stride, offset",
+    [
+        ("exact", 64, 64, 0),
+        ("aligned 2x2", 128, 128, 0),
+        ("misaligned", 128, 128, 37),
+        ("overlapping stride", 128, 64, 0),
+        ("misaligned overlapping, past the edge", 100, 70, -13),
+    ],
+)
+def test_batch_reads_equal_tifffile_level_decode(jpeg_pyramid, geometry, size, stride, offset, threads):
+    path, levels = jpeg_pyramid
+    compared = 0
+    for level in range(3):
+        h, w = levels[level].shape[:2]
+        tiles = grid_tiles((w, h), size, stride, last="keep") + offset
+        got = read_slide_tiles(path, tiles[:, 0], tiles[:, 1], size, size, level, threads=threads)
+        for k, (x, y) in enumerate(tiles.tolist()):
+            np.testing.assert_array_equal(got[k], _crop(levels[level], x, y, size, size), err_msg=f"{geometry} {level} {x} {y}")
+            compared += 1
+    assert compared > 0
+
+
+def test_every_stored_tile_is_decoded_once_per_batch(jpeg_pyramid, monkeypatch):
+    from mask_first.slides import _TiffLevelReader, open_slide
+
+    path, _ = jpeg_pyramid
+    decoded = []
+    orig = _TiffLevelReader.decode
+    monkeypatch.setattr(_TiffLevelReader, "decode", lambda self, i, buf: decoded.append(i) or orig(self, i, buf))
+    tiles = grid_tiles((900, 700), 128, 64, last="drop") + 5  # each stored tile in up to 9 requests
+    with open_slide(path) as s:
+        read_slide_tiles(s, tiles[:, 0], tiles[:, 1], 128, 128, 0)
+    assert len(decoded) == len(set(decoded))
+    needed = {(y // 64) * 15 + x // 64 for x0, y0 in tiles.tolist()
+              for y in range(y0, y0 + 128) for x in range(x0, x0 + 128)}
+    assert set(decoded) == needed
+
+
+# ---------------------------------------------------------------------------
+# resampling to the target resolution
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("level, region, out", [(0, 128, 64), (1, 96, 48), (0, 150, 64), (0, 100, 77)])
+def test_resampled_tiles_are_the_area_average_of_the_level(jpeg_pyramid, level, region, out):
+    from conftest import area_average
+
+    path, levels = jpeg_pyramid
+    h, w = levels[level].shape[:2]
+    tiles = grid_tiles((w, h), region, region, last="keep")
+    got = read_slide_tiles(path, tiles[:, 0], tiles[:, 1], region, region, level, resample_to=(out, out))
+    assert got.shape == (len(tiles), out, out, 3)
+    compared = 0
+    for k, (x, y) in enumerate(tiles.tolist()):
+        native = _crop(levels[level], x, y, region, region)
+        if region % out == 0:  # integer factor: the block mean
+            f = region // out
+            ref = native.reshape(out, f, out, f, 3).mean(axis=(1, 3))
+        else:
+            ref = area_average(native, out, out)
+        diff = np.abs(got[k] - ref)
+        assert diff.max() <= 1.0, (level, x, y, diff.max())
+        compared += 1
+    assert compared > 0
+
+
+def test_iterator_resamples_like_the_full_read(jpeg_pyramid):
+    path, _ = jpeg_pyramid
+    xs, ys = np.array([0, 300, 850, -20]), np.array([0, 200, 650, 5])
+    full = read_slide_tiles(path, xs, ys, 150, 150, 0, resample_to=(64, 64))
+    got = np.concatenate([b.copy() for _, b in iter_slide_tiles(path, xs, ys, 150, 150, 0, batch_size=3,
+                                                                 resample_to=(64, 64))])
+    np.testing.assert_array_equal(full, got)
+
+
+def test_pixel_table_records_the_delivered_size_and_mpp(tmp_path, jpeg_pyramid):
+    import pyarrow.parquet as pq
+
+    path, levels = jpeg_pyramid
+    tiles = pd.DataFrame({"x": [0, 256], "y": [0, 128], "tile_extent_x": 256, "mpp_x": 0.5})
+    out = tmp_path / "px.parquet"
+    write_tile_pixels(out, path, tiles, level=0, tile_extent_x=256, tile_extent_y=256, resample_to=(128, 128))
+    rows = list(load_tile_pixels(out))
+    assert [r["x"] for r, _ in rows] == [0, 256]
+    for (meta, px), (x, y) in zip(rows, [(0, 0), (256, 128)]):
+        assert px.shape == (128, 128, 3)
+        assert (meta["tile_extent_x"], meta["tile_extent_y"], meta["read_extent_x"]) == (128, 128, 256)
+        assert (meta["mpp_x"], meta["mpp_y"]) == pytest.approx((1.0, 1.0))  # 0.5 µm/px level 0, halved
+        ref = _crop(levels[0], x, y, 256, 256).reshape(128, 2, 128, 2, 3).mean(axis=(1, 3))
+        assert np.abs(px - ref).max() <= 1.0
+    assert pq.ParquetFile(out).schema_arrow.field("tile_extent_x").type == "int64"

@@ -14,3 +14,18 @@ def best_of(fn: Callable[[], object], repeats: int = 3) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return min(times)
+
+
+def interleaved_best(fns: dict[str, Callable[[], object]], repeats: int = 3) -> dict[str, float]:
+    """Minimum wall time of each function, calls interleaved round by round.
+
+    On a loaded machine the load drifts over seconds; interleaving exposes
+    every contender to the same drift, so their ratios stay fair.
+    """
+    best = {k: float("inf") for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[k] = min(best[k], time.perf_counter() - t0)
+    return best

@@ -198,3 +198,34 @@ def test_read_slides_takes_a_directory_and_path_columns_like_the_seed(shared_sli
     pd.testing.assert_frame_equal(read_slides(paths, mpp_override=pd.Series(overrides, dtype=float), **kw), ref)
     pd.testing.assert_frame_equal(read_slides(pa.array(paths), mpp_override=overrides, **kw), ref)
     assert ref.loc[2, "level0_mpp_x"] == 0.25 and ref.loc[0, "level0_mpp_x"] == pytest.approx(0.499)
+
+
+@pytest.mark.parametrize("name", ["CMU-1-Small-Region_generic-pyramid_jpeg.tif", "CMU-1-Small-Region.svs",
+                                  "tcga-cr-7395-01a-01-ts1.svs", "CMU-1-Small-Region.ome.tif"])
+def test_batch_geometries_equal_tifffile_page_decode_on_every_level(shared_slides, name):
+    """Exact, multi-tile aligned, misaligned and overlapping requests in one batch, all levels."""
+    import tifffile
+
+    path = shared_slides / name
+    compared = upper = 0
+    with tifffile.TiffFile(path) as tf, open_slide(path, mpp_override=MPP_OVERRIDES.get(name)) as s:
+        for level, lv in enumerate(tf.series[0].levels):
+            page = np.asarray(lv.asarray())[..., :3]
+            sw, sh = s.stored_tile_size(level)
+            h, w = page.shape[:2]
+            xs = np.array([0, sw, 37, sw // 2, sw // 2, w - sw // 2, -5])
+            ys = np.array([0, 0, 11, sh // 2, sh, h - sh // 3, h - 3])
+            for ew, eh in [(sw, sh), (2 * sw, 2 * sh), (sw + 13, sh - 7)]:
+                out = np.empty((len(xs), eh, ew, 3), np.uint8)
+                s.read_regions_into(level, xs, ys, ew, eh, out, threads=2)
+                for k, (x, y) in enumerate(zip(xs.tolist(), ys.tolist())):
+                    ref = np.full((eh, ew, 3), 255, np.uint8)
+                    x0, y0 = max(x, 0), max(y, 0)
+                    part = page[y0 : y + eh, x0 : x + ew]
+                    ref[y0 - y : y0 - y + part.shape[0], x0 - x : x0 - x + part.shape[1]] = part
+                    np.testing.assert_array_equal(out[k], ref, err_msg=f"{name} level {level} ({x}, {y}) {ew}x{eh}")
+                    compared += 1
+                    upper += level > 0
+    assert compared > 0
+    if len(tf.series[0].levels) > 1:
+        assert upper > 0

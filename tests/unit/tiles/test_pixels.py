@@ -308,3 +308,31 @@ def test_pixel_table_records_the_delivered_size_and_mpp(tmp_path, jpeg_pyramid):
         ref = _crop(levels[0], x, y, 256, 256).reshape(128, 2, 128, 2, 3).mean(axis=(1, 3))
         assert np.abs(px - ref).max() <= 1.0
     assert pq.ParquetFile(out).schema_arrow.field("tile_extent_x").type == "int64"
+
+
+@pytest.mark.parametrize("resample", [True, False])
+def test_pixels_step_delivers_the_target_mpp_unless_resample_is_off(tmp_path, jpeg_pyramid, resample):
+    """Level 0 at 0.5 µm/px, 64 px asked at 0.75 µm/px: 96-px regions (factor 1.5, no such level)."""
+    from conftest import area_average
+    from mask_first.io import write_table
+    from mask_first.pipeline import write_retained_pixels
+
+    path, levels = jpeg_pyramid
+    xs, ys = np.array([0, 96, 480, 864]), np.array([0, 192, 288, 672])
+    write_table(tmp_path / "ret.parquet", {
+        "x": xs, "y": ys, "level": np.zeros(4, np.int32), "tile_extent_x": np.full(4, 96, np.int32),
+        "tile_extent_y": np.full(4, 96, np.int32), "mpp_x": np.full(4, 0.5), "mpp_y": np.full(4, 0.5),
+        "retained": np.array([True, True, False, True]),
+    })
+    out = tmp_path / "px.parquet"
+    n = write_retained_pixels(str(tmp_path / "ret.parquet"), str(path), str(out), resample=resample, mpp=0.75,
+                              tile_extent=64, row_group_tiles=2)
+    rows = list(load_tile_pixels(out))
+    assert n == 3 and [r["x"] for r, _ in rows] == [0, 96, 864]
+    size = 64 if resample else 96
+    for meta, px in rows:
+        assert px.shape == (size, size, 3) and meta["tile_extent_x"] == size and meta["read_extent_x"] == 96
+        assert meta["mpp_x"] == pytest.approx(0.5 * 96 / size)
+        native = _crop(levels[0], meta["x"], meta["y"], 96, 96)
+        ref = area_average(native, 64, 64) if resample else native
+        assert np.abs(px - ref).max() <= 1.0

@@ -34,6 +34,18 @@ else:
 
 
 
+# A failed slide stops the cohort rules from running; write the cohort tables
+# anyway, listing every slide with its status (workflow/rules/cohort.smk).
+# Snakemake still exits non-zero.
+onerror:
+    write_cohort_tables("failure")
+
+
+# after a successful run, rewrite them only if a slide's status changed since
+onsuccess:
+    write_cohort_tables("success")
+
+
 rule all:
     input:
         all_targets(),

@@ -18,7 +18,7 @@ import importlib.abc
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -40,8 +40,10 @@ __all__ = [
     "write_demo_slide",
 ]
 
-#: Parquet schema-metadata key of the per-slide figures the filter step records
+#: Parquet schema-metadata key of the per-slide figures the filter and pixel steps record
 STATS_KEY = b"mask_first.stats"
+#: Parquet schema-metadata key of the retained table's small QC thumbnail (base64 JPEG)
+THUMBNAIL_KEY = b"mask_first.thumbnail"
 
 
 class _PandasBlocker(importlib.abc.MetaPathFinder):
@@ -79,28 +81,62 @@ def run_step(slide_id: str | None, log_path: str | None, func: Callable, /, *arg
     ``FileNotFoundError`` (bad input) is reported as
     ``mask-first: slide <id>: <cause>`` on stderr and in the log, then the
     process exits with status 1, so Snakemake marks only this job failed and
-    ``--keep-going`` carries on with the other slides.
+    ``--keep-going`` carries on with the other slides. Any other exception
+    keeps its traceback.
 
-    Per-slide steps (``slide_id`` given) run without pandas unless ``func``
-    has a true ``needs_pandas`` attribute (see :class:`_PandasBlocker`).
+    Per-slide steps (``slide_id`` and ``log_path`` given) also keep a failure
+    file (:func:`mask_first.cohort.failure_path` of the log): removed when the
+    step starts, written atomically with the step, the cause and the log when
+    it fails. Snakemake deletes a failed job's outputs but not this file, so
+    the cohort tables can say which step failed and why; a rerun that
+    succeeds leaves no failure behind.
+
+    Per-slide steps run without pandas unless ``func`` has a true
+    ``needs_pandas`` attribute (see :class:`_PandasBlocker`).
     """
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    failure = None
     if log_path:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_path, mode="w"))
+        if slide_id is not None:
+            from mask_first.cohort import failure_path
+
+            failure = failure_path(log_path)
+            failure.unlink(missing_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", handlers=handlers, force=True)
     where = f"slide {slide_id}" if slide_id else func.__name__
     t0 = time.perf_counter()
     try:
         with _without_pandas(slide_id is not None and not getattr(func, "needs_pandas", False)):
             result = func(*args, **kwargs)
-    except (ValueError, FileNotFoundError) as exc:  # SlideError is a ValueError
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    except Exception as exc:
+        msg = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+        bad_input = isinstance(exc, (ValueError, FileNotFoundError))  # SlideError is a ValueError
+        if failure is not None:
+            _record_failure(failure, slide_id, log_path, msg if bad_input else f"{type(exc).__name__}: {msg}")
+        if not bad_input:
+            raise
         log.error("mask-first: %s: %s", where, msg)
         logging.shutdown()
         sys.exit(1)
     log.info("%s: %s done in %.2f s", where, func.__name__, time.perf_counter() - t0)
     return result
+
+
+def _record_failure(path: Path, slide_id: str, log_path: str, error: str) -> None:
+    """Write a step's failure file (see :func:`run_step`); the step is the log's folder under ``logs``."""
+    import json
+
+    from mask_first.io import atomic_path
+
+    parts = Path(log_path).parts
+    step = parts[len(parts) - parts[::-1].index("logs")] if "logs" in parts else Path(log_path).parent.name
+    record = {"slide_id": slide_id, "step": step, "error": error, "log": str(log_path),
+              "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(record) + "\n")
 
 
 # ---------------------------------------------------------------------------
@@ -182,8 +218,11 @@ def make_tissue_mask(
     from mask_first.slides import open_slide
     from mask_first.tissue.overlay import write_mask_overlay
 
+    t0 = time.perf_counter()
     with open_slide(slide_path, mpp_override) as slide:
         slide_mpp = (slide.mpp_x, slide.mpp_y)
+        log.info("mask: slide %s, %d levels, level 0 %d x %d px; %s mask at %g µm/px", Path(slide_path).name,
+                 slide.level_count, *slide.level_dimensions[0], "geojson" if geojson else method, mpp)
         if geojson:
             from mask_first.interop.geojson import geojson_to_mask
 
@@ -199,8 +238,11 @@ def make_tissue_mask(
             result = tissue_mask_with_info(slide, mpp, method=method, **dict(params or {}))
             # method, filled-in parameters, thresholds found, level read, source slide and mpp
             mask, provenance = result.mask, result.provenance()
+    log.info("mask: %d x %d px, tissue %.1f %%, %.1f s", mask.shape[1], mask.shape[0],
+             100 * np.count_nonzero(mask == 255) / max(mask.size, 1), time.perf_counter() - t0)
     provenance = provenance | {"slide_id": slide_id}
     write_mask_overlay(out, mask, mpp, provenance=provenance)
+    log.info("mask: %.2f MB written to %s, %.1f s", Path(out).stat().st_size / 1e6, out, time.perf_counter() - t0)
     if out_geojson:
         from mask_first.interop.geojson import mask_to_feature_collection, write_feature_collection
 
@@ -238,8 +280,11 @@ def filter_tiles(
     baseline, decoding every tile (``pixel_std``, ``retained = pixel_std >= threshold``).
 
     The retained table is the tile table plus those columns; its Parquet
-    metadata (``mask_first.stats``) records tiles total/retained and the tissue
-    area in mm², which the cohort summary reads without opening the mask again.
+    metadata (``mask_first.stats``) records tiles total/retained and, for the
+    mask filter, the figures of :func:`mask_first.cohort.mask_stats` (tissue,
+    per-label and ink area in mm², share of the mask edge that is tissue),
+    which the cohort summary reads without opening the mask again;
+    ``mask_first.thumbnail`` carries the contact sheet's small JPEG of the QC picture.
     The QC picture is the slide thumbnail with the mask outline and the retained
     tiles (:func:`mask_first.qc.qc_thumbnail`).
 
@@ -256,6 +301,7 @@ def filter_tiles(
 
     from mask_first.io import read_table, write_png, write_table
     from mask_first.qc import qc_thumbnail
+    from mask_first.report import small_jpeg
     from mask_first.slides import open_slide
 
     table = read_table(tiles)
@@ -270,10 +316,11 @@ def filter_tiles(
     mask_image = None
     with open_slide(slide_path, mpp_override) as slide:
         if method == "mask":
+            from mask_first.cohort import ink_label_values, mask_stats
             from mask_first.tiles.coverage import overlap_fractions, retain
             from mask_first.tissue.overlay import check_mask_alignment, read_mask_overlay
 
-            labels, mmx, mmy, _ = read_mask_overlay(mask)
+            labels, mmx, mmy, provenance = read_mask_overlay(mask)
             if user_mask:
                 check_mask_alignment(labels.shape, (mmx, mmy), slide, mask_name=Path(mask).name)
             fractions = (overlap_fractions(labels, (mmx, mmy), (0, 0, tx, ty), x, y, mx, my)
@@ -283,7 +330,7 @@ def filter_tiles(
             if f"fraction_{value}" not in table.column_names:  # no such label in the mask: nothing passes
                 table = table.append_column(f"fraction_{value}", pa.array(np.zeros(n)))
             keep = retain(fractions, value, threshold)
-            stats["tissue_area_mm2"] = float(np.count_nonzero(labels == value)) * mmx * mmy / 1e6
+            stats |= mask_stats(labels, (mmx, mmy), value, ink_label_values(provenance))
             mask_image = (labels, (mmx, mmy))
         else:
             from mask_first.tiles.pixels import iter_slide_tiles, tile_pixel_std
@@ -297,11 +344,13 @@ def filter_tiles(
             stats["tissue_area_mm2"] = None
         table = table.append_column("retained", pa.array(keep, pa.bool_()))
         stats["tiles_retained"] = int(keep.sum())
-        write_table(out_retained, table, metadata={STATS_KEY: json.dumps(stats)})
         tile_extent, tile_mpp = ((tx, ty), (mx, my)) if n else ((1, 1), (1.0, 1.0))
         picture = qc_thumbnail(slide, x[keep], y[keep], tile_extent, tile_mpp, mask=mask_image, size=qc_size)
         if out_coords or out_tile_objects:
             _write_tile_interop(slide, table, keep, out_coords, out_tile_objects, mask_geojson, slide_id)
+    # the contact sheet's thumbnail travels with the stats: the cohort job then
+    # opens no picture, however many slides there are
+    write_table(out_retained, table, metadata={STATS_KEY: json.dumps(stats), THUMBNAIL_KEY: small_jpeg(picture)})
     write_png(out_qc, picture)
     log.info("%d of %d tiles retained", stats["tiles_retained"], n)
     return stats["tiles_retained"]
@@ -341,6 +390,7 @@ def write_retained_pixels(
     retained: str, slide_path: str, out: str, *, encoding: str = "raw", jpeg_quality: int = 90,
     row_group_tiles: int = 256, threads: int = 1, mpp_override: float | None = None,
     resample: bool = True, mpp: float | None = None, tile_extent: int | None = None,
+    corrupt_tiles: str = "fail",
 ) -> int:
     """RGB pixels of the retained tiles only, streamed into Parquet row groups.
 
@@ -349,19 +399,24 @@ def write_retained_pixels(
     target resolution, area-averaged from the level read when that level's
     region has another size (no pyramid level at ``mpp``); otherwise the
     native pixels of the level are stored.
+
+    ``corrupt_tiles``: ``fail`` or ``skip`` a tile whose data cannot be decoded
+    (see :func:`mask_first.tiles.pixels.write_tile_pixels`); skipped tiles are
+    logged and listed in the file's ``mask_first.stats`` metadata.
     """
     from mask_first.io import read_table
     from mask_first.tiles.pixels import write_tile_pixels
 
     table = read_table(retained)
     kept = table.filter(table.column("retained")).drop_columns(["retained"])
+    log.info("pixels: %d retained tiles to read", kept.num_rows)
     first = table.slice(0, 1).to_pylist()
     tx, ty, level = (first[0]["tile_extent_x"], first[0]["tile_extent_y"], first[0]["level"]) if first else (1, 1, 0)
     resample_to = (tile_extent, tile_extent) if resample and mpp is not None and tile_extent and first else None
     n = write_tile_pixels(
         out, slide_path, kept, level=level, tile_extent_x=tx, tile_extent_y=ty, resample_to=resample_to,
         encoding=encoding, jpeg_quality=jpeg_quality, row_group_tiles=row_group_tiles, threads=threads,
-        mpp_override=mpp_override,
+        mpp_override=mpp_override, corrupt_tiles=corrupt_tiles,
     )
     log.info("%d tiles written%s", n, f", delivered at {resample_to[0]} px" if resample_to else "")
     return n
@@ -372,17 +427,47 @@ def write_retained_pixels(
 # ---------------------------------------------------------------------------
 
 
-def write_slide_table(inputs: Sequence[str], out: str, *, masks: Sequence[str | None] | None = None) -> None:
-    """Stack the per-slide rows into the cohort slide table, with each slide's ``mask_path``."""
+def _slide_statuses(slides: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    from mask_first.cohort import slide_status
+
+    return [slide_status(s["failures"], s["outputs"]) for s in slides]
+
+
+def write_slide_table(slides: Sequence[Mapping[str, Any]], out: str) -> None:
+    """The cohort slide table: one row per slide of the sheet, failed slides included.
+
+    ``slides``: one mapping per slide of the sheet, in sheet order, with
+    ``slide_id``, ``path``, ``mpp_override``, ``mask`` (the mask file the run
+    uses, None for ``filter.method: pixel_std``), ``info`` (the tiles step's
+    one-row table), ``failures`` and ``outputs`` (see
+    :func:`mask_first.cohort.slide_status`). Columns: the slide-info columns
+    (null where the tiles step did not finish), ``mask_path``, ``status``,
+    ``failed_step``, ``error``.
+    """
     import pyarrow as pa
 
     from mask_first.io import read_table, write_table
 
-    tables = [read_table(p) for p in inputs]
-    table = pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})
-    if masks is not None and tables:
-        table = table.append_column("mask_path", pa.array(list(masks), pa.string()))
+    statuses = _slide_statuses(slides)
+    tables = []
+    for s in slides:
+        try:
+            tables.append(read_table(s["info"]))
+        except (FileNotFoundError, OSError, pa.ArrowInvalid):
+            tables.append(pa.table({"slide_id": [s["slide_id"]], "path": [str(s["path"])],
+                                    "mpp_override": pa.array([s["mpp_override"]], pa.float64())}))
+    table = pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({"slide_id": pa.array([], pa.string())})
+    for name, values in (("mask_path", [s["mask"] for s in slides]),
+                         ("status", [st["status"] for st in statuses]),
+                         ("failed_step", [st["failed_step"] for st in statuses]),
+                         ("error", [st["error"] for st in statuses])):
+        if name in table.column_names:
+            table = table.drop_columns([name])
+        table = table.append_column(name, pa.array(values, pa.string()))
     write_table(out, table)
+    failed = [f"{s['slide_id']} ({st['failed_step'] or st['status']})" for s, st in zip(slides, statuses)
+              if st["status"] != "done"]
+    log.info("%d slides, %d not done%s", len(slides), len(failed), f": {', '.join(failed[:20])}" if failed else "")
 
 
 def _benchmark_seconds(files: Sequence[str]) -> dict[str, float]:
@@ -399,39 +484,153 @@ def _benchmark_seconds(files: Sequence[str]) -> dict[str, float]:
     return out
 
 
+def _parquet_metadata(path: str | None) -> dict[bytes, bytes]:
+    """A Parquet file's key-value metadata (schema metadata included); {} when it is missing."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not path:
+        return {}
+    try:
+        return pq.read_metadata(path).metadata or {}
+    except (FileNotFoundError, OSError, pa.ArrowInvalid):
+        return {}
+
+
 def write_summary(
-    slide_ids: Sequence[str],
-    retained: Sequence[str],
-    benchmarks: Sequence[Sequence[str]],
+    slides: Sequence[Mapping[str, Any]],
     out: str,
+    out_sheet: str | None = None,
+    *,
+    border_fraction: float,
+    area_outlier_z: float,
+    ink_area_mm2: float,
 ) -> "pandas.DataFrame":
-    """Per-slide summary: tiles total and retained, tissue area in mm², seconds per step."""
+    """Per-slide summary of the cohort, every slide of the sheet, and its contact sheet.
+
+    ``slides`` as for :func:`write_slide_table`, plus ``retained`` (the filter
+    step's table), ``pixels`` (the pixel table, None when pixels are off) and
+    ``benchmarks`` (the steps' benchmark files). Columns: ``slide_id``,
+    ``status`` (done / failed / incomplete), ``failed_step``, ``error`` (one
+    line), ``flags`` (``; ``-separated words, see
+    :func:`mask_first.cohort.qc_flags`), tiles total / retained /
+    ``retained_fraction``, ``tissue_area_mm2`` (mask pixels of the tissue label
+    times their area), ``border_tissue_fraction``, ``ink_area_mm2``,
+    ``tiles_skipped`` and ``skipped_tiles`` (corrupt tiles left out by
+    ``pixels.corrupt_tiles: skip``, as ``tile_id@x,y``), ``mpp_override``,
+    ``seconds_<step>``. Figures are read from the retained and pixel tables'
+    Parquet metadata, never from the masks. ``out_sheet``: the HTML contact
+    sheet (:func:`mask_first.report.write_contact_sheet`).
+    """
     import json
 
     import pandas as pd
-    import pyarrow.parquet as pq
 
+    from mask_first.cohort import FLAGS, area_outliers, qc_flags
     from mask_first.io import atomic_path
 
-    rows = []
-    for sid, ret, bench in zip(slide_ids, retained, benchmarks):
-        stats = json.loads(pq.read_schema(ret).metadata[STATS_KEY])
-        total, kept = stats["tiles_total"], stats["tiles_retained"]
-        area = stats["tissue_area_mm2"]
+    statuses = _slide_statuses(slides)
+    rows, thumbs = [], []
+    for s, st in zip(slides, statuses):
+        meta = _parquet_metadata(s["retained"])
+        stats = json.loads(meta[STATS_KEY]) if STATS_KEY in meta else {}
+        pixel_meta = _parquet_metadata(s.get("pixels"))
+        pixel_stats = json.loads(pixel_meta[STATS_KEY]) if STATS_KEY in pixel_meta else {}
+        thumb = meta.get(THUMBNAIL_KEY)
+        thumbs.append(thumb.decode() if thumb else None)
+        total, kept = stats.get("tiles_total"), stats.get("tiles_retained")
+        skipped = pixel_stats.get("skipped", [])
         row: dict[str, Any] = {
-            "slide_id": sid,
+            "slide_id": s["slide_id"],
+            "status": st["status"],
+            "failed_step": st["failed_step"],
+            "error": st["error"],
+            "flags": "",
             "tiles_total": total,
             "tiles_retained": kept,
-            "retained_fraction": kept / total if total else 0.0,
-            "tissue_area_mm2": float("nan") if area is None else area,
+            "retained_fraction": (kept / total if total else 0.0) if total is not None else None,
+            "tissue_area_mm2": stats.get("tissue_area_mm2"),
+            "border_tissue_fraction": stats.get("border_tissue_fraction"),
+            "ink_area_mm2": stats.get("ink_area_mm2"),
+            "tiles_skipped": pixel_stats.get("tiles_skipped", 0 if pixel_stats else None),
+            "skipped_tiles": " ".join(f"{t['tile_id']}@{t['x']},{t['y']}" for t in skipped) or None,
+            "mpp_override": s["mpp_override"],
         }
-        for step, s in sorted(_benchmark_seconds(bench).items()):
-            row[f"seconds_{step}"] = round(s, 3)
+        for step, sec in sorted(_benchmark_seconds(s["benchmarks"]).items()):
+            row[f"seconds_{step}"] = round(sec, 3)
         rows.append(row)
+    outliers = area_outliers([r["tissue_area_mm2"] if r["status"] == "done" else None for r in rows], area_outlier_z)
+    flags = [qc_flags(r, outlier=o, border_fraction=border_fraction, ink_area_mm2=ink_area_mm2)
+             for r, o in zip(rows, outliers)]
+    for r, f in zip(rows, flags):
+        r["flags"] = "; ".join(f)
     summary = pd.DataFrame(rows)
     with atomic_path(out) as tmp:
         summary.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+    if out_sheet:
+        from mask_first.report import write_contact_sheet
+
+        write_contact_sheet(out_sheet, rows, flags, thumbs)
+    counts = {f: sum(f in fl for fl in flags) for f in FLAGS}
+    log.info("summary of %d slides; flags: %s", len(rows), ", ".join(f"{k} {v}" for k, v in counts.items() if v) or "none")
     return summary
+
+
+def write_cohort_tables(slides: Sequence[Mapping[str, Any]], out_table: str, out_summary: str,
+                        out_sheet: str, *, log_path: str | None = None, only_if_stale: bool = False,
+                        **thresholds) -> bool:
+    """Write the cohort outputs from whatever exists; for the Snakefile's ``onerror``/``onsuccess`` handlers.
+
+    ``onerror``: when a slide failed, Snakemake never runs the cohort rules,
+    yet the tables must list every slide with its status. ``onsuccess``
+    (``only_if_stale=True``): the cohort rules do not wait for the model
+    (``predict``) and heatmap jobs, so that a model edit reruns only those;
+    the tables are rewritten only if a slide's status on disk now differs
+    from theirs (a failure cleared by a rerun, or a job that finished after
+    them). Runs in Snakemake's own process and never raises: a problem here
+    is reported and must not hide the failures that got us here.
+
+    Returns whether the tables were written.
+    """
+    import pandas as pd
+
+    try:
+        if only_if_stale:
+            statuses = _slide_statuses(slides)
+            want = [(s["slide_id"], st["status"], st["failed_step"], st["error"]) for s, st in zip(slides, statuses)]
+            try:
+                old = pd.read_csv(out_summary, sep="\t", usecols=["slide_id", "status", "failed_step", "error"],
+                                  dtype=str, keep_default_na=False)
+                have = [(r.slide_id, r.status, r.failed_step or None, r.error or None) for r in old.itertuples()]
+                table = pd.read_parquet(out_table, columns=["slide_id", "status"])
+                have_table = list(zip(table.slide_id, table.status))
+            except (FileNotFoundError, OSError, ValueError, KeyError):
+                have, have_table = None, None
+            if have == want and have_table == [w[:2] for w in want]:
+                return False
+        if log_path:
+            Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+            handler = logging.FileHandler(log_path, mode="w")
+            handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+            log.addHandler(handler)
+            log.setLevel(logging.INFO)
+        write_slide_table(slides, out_table)
+        summary = write_summary(slides, out_summary, out_sheet, **thresholds)
+        bad = summary[summary.status != "done"]
+        print(f"mask-first: {len(bad)} of {len(summary)} slides not done; cohort tables written: "
+              f"{out_table}, {out_summary}, {out_sheet}", file=sys.stderr)
+        for r in bad.head(20).itertuples():
+            print(f"mask-first:   {r.slide_id}: {r.status}"
+                  f"{' at ' + r.failed_step if isinstance(r.failed_step, str) else ''}: {r.error}", file=sys.stderr)
+        return True
+    except Exception as exc:  # noqa: BLE001 -- see docstring
+        print(f"mask-first: could not write the cohort tables: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return False
+    finally:
+        for h in list(log.handlers):
+            if isinstance(h, logging.FileHandler):
+                log.removeHandler(h)
+                h.close()
 
 
 def write_heatmap(

@@ -8,6 +8,7 @@ overlap it.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 
@@ -24,6 +25,8 @@ __all__ = [
     "write_tile_pixels",
     "load_tile_pixels",
 ]
+
+log = logging.getLogger("mask_first")
 
 #: requested tiles decoded together: bounds memory to batch x tile bytes
 DEFAULT_BATCH = 64
@@ -276,6 +279,7 @@ def write_tile_pixels(
     row_group_tiles: int = 256,
     threads: int = 1,
     mpp_override: float | None = None,
+    corrupt_tiles: str = "fail",
 ) -> int:
     """Decode the given tiles and stream them into a Parquet file.
 
@@ -298,6 +302,13 @@ def write_tile_pixels(
         ``jpeg_quality``, several times smaller but lossy.
     row_group_tiles : int
         Tiles per Parquet row group: memory holds one row group, never the slide.
+    corrupt_tiles : {"fail", "skip"}
+        A tile whose stored data cannot be decoded (:class:`~mask_first.slides.SlideError`):
+        ``"fail"`` raises; ``"skip"`` leaves it out (see :func:`_read_batches`).
+        The file's key-value metadata ``mask_first.stats`` records ``tiles_requested``,
+        ``tiles_written``, ``tiles_skipped`` and ``skipped`` (``tile_id``, ``x``,
+        ``y``, ``error`` of each). Progress (tiles done / total, MB written)
+        goes to the ``mask_first`` logger.
 
     Returns
     -------
@@ -311,6 +322,8 @@ def write_tile_pixels(
     region / delivered size), ``read_extent_x/y`` the region read in pixels of
     ``level`` at ``x``, ``y``. Metadata columns of those names are replaced.
     """
+    import json
+
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -343,28 +356,124 @@ def write_tile_pixels(
         schema = schema.append(pa.field("pixels", pa.binary()))
         small = [f.name for f in schema if f.name != "pixels"]
 
+        skipped: list[dict] = []
+        written = 0
         with atomic_path(out_path) as tmp:
+            progress = _Progress(n, tmp)
             # dictionary encoding and min/max statistics over the pixel bytes cost
             # more than the compression itself (3.6x slower writes when on)
             writer = pq.ParquetWriter(tmp, schema, compression="zstd", compression_level=PIXEL_ZSTD_LEVEL,
                                       use_dictionary=small, write_statistics=small)
             try:
-                def write(start: int, stop: int, pixels) -> None:
-                    chunk = meta.slice(start, stop - start)
+                def write(rows: np.ndarray, pixels) -> None:
+                    nonlocal written
+                    if len(rows) and rows[-1] - rows[0] + 1 == len(rows):  # contiguous: no copy
+                        chunk = meta.slice(int(rows[0]), len(rows))
+                    else:  # tiles skipped in this batch (or none)
+                        chunk = meta.take(pa.array(rows, pa.int64()))
                     for name, value in constants.items():
-                        chunk = chunk.append_column(name, pa.array([value.as_py()] * (stop - start), value.type))
+                        chunk = chunk.append_column(name, pa.array([value.as_py()] * len(rows), value.type))
                     writer.write_table(chunk.append_column("pixels", pixels))
+                    written += len(rows)
 
                 if n == 0:
-                    write(0, 0, pa.array([], pa.binary()))
-                for sl, batch in iter_slide_tiles(
-                    slide, xs, ys, tile_extent_x, tile_extent_y, level,
-                    batch_size=row_group_tiles, threads=threads, resample_to=(out_w, out_h),
+                    write(np.zeros(0, np.int64), pa.array([], pa.binary()))
+                for rows, batch in _read_batches(
+                    slide, xs, ys, tile_extent_x, tile_extent_y, level, batch_size=row_group_tiles,
+                    threads=threads, resample_to=(out_w, out_h), corrupt_tiles=corrupt_tiles, skipped=skipped,
                 ):
-                    write(sl.start, sl.stop, _encode(batch, encoding, jpeg_quality))
+                    write(rows, _encode(batch, encoding, jpeg_quality))
+                    progress.update(int(rows[-1]) + 1)
+                if skipped:
+                    ids = meta.column("tile_id").to_numpy() if "tile_id" in meta.column_names else np.arange(n)
+                    for t in skipped:
+                        t["tile_id"] = int(ids[t.pop("row")])
+                # known only now, so in the footer's key-value metadata (pq.read_metadata(path).metadata)
+                writer.add_key_value_metadata({"mask_first.stats": json.dumps(
+                    {"tiles_requested": n, "tiles_written": written, "tiles_skipped": len(skipped),
+                     "skipped": skipped})})
             finally:
                 writer.close()
-    return n
+            if skipped:
+                log.warning("%d corrupt tile(s) skipped (pixels.corrupt_tiles: skip): %s", len(skipped),
+                            "; ".join(f"tile {t['tile_id']} at x={t['x']} y={t['y']}: {t['error']}"
+                                      for t in skipped[:50]))
+            progress.done(written)
+    return written
+
+
+class _Progress:
+    """Logs tiles done / total and MB written about every 10 % or 30 s (to the rule log)."""
+
+    def __init__(self, total: int, path) -> None:
+        import time
+
+        self.total, self.path, self.clock = total, path, time.monotonic
+        self.t0 = self.last_t = self.clock()
+        self.last_done = 0
+
+    def _mb(self) -> float:
+        try:
+            return os.path.getsize(self.path) / 1e6
+        except OSError:
+            return 0.0
+
+    def update(self, done: int | None) -> None:
+        if done is None:
+            return
+        now = self.clock()
+        if done - self.last_done >= max(1, self.total // 10) or now - self.last_t >= 30:
+            log.info("pixels: %d / %d tiles read (%.0f %%), %.1f MB written, %.1f s", done, self.total,
+                     100.0 * done / max(self.total, 1), self._mb(), now - self.t0)
+            self.last_done, self.last_t = done, now
+
+    def done(self, written: int) -> None:
+        log.info("pixels: %d / %d tiles written, %.1f MB, %.1f s", written, self.total, self._mb(),
+                 self.clock() - self.t0)
+
+
+def _read_batches(slide: Slide, xs, ys, tile_extent_x: int, tile_extent_y: int, level: int, *,
+                  batch_size: int, threads: int, resample_to: tuple[int, int] | None, corrupt_tiles: str,
+                  skipped: list) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Batches of decoded tiles with their row numbers in ``xs``/``ys``.
+
+    ``corrupt_tiles="fail"``: a :class:`~mask_first.slides.SlideError` ends the
+    read. ``"skip"``: a batch that raises is read again one tile at a time;
+    tiles that still raise are left out and appended to ``skipped`` as
+    ``{"row", "x", "y", "error"}`` (pixels of ``level``).
+    """
+    from mask_first.slides import SlideError
+
+    if corrupt_tiles not in ("fail", "skip"):
+        raise ValueError(f"corrupt_tiles must be 'fail' or 'skip', got {corrupt_tiles!r}")
+    if corrupt_tiles == "fail":
+        for sl, batch in iter_slide_tiles(slide, xs, ys, tile_extent_x, tile_extent_y, level,
+                                          batch_size=batch_size, threads=threads, resample_to=resample_to):
+            yield np.arange(sl.start, sl.stop), batch
+        return
+    out_w, out_h = (tile_extent_x, tile_extent_y) if resample_to is None else _pair(resample_to)
+    buf = np.empty((min(batch_size, max(len(xs), 1)), out_h, out_w, 3), np.uint8)
+    for start in range(0, len(xs), batch_size):
+        stop = min(start + batch_size, len(xs))
+        out = buf[: stop - start]
+        try:
+            slide.read_resampled_into(level, xs[start:stop], ys[start:stop], tile_extent_x, tile_extent_y, out,
+                                      threads=threads)
+            yield np.arange(start, stop), out
+            continue
+        except SlideError:
+            pass
+        good = []
+        for k in range(start, stop):
+            try:
+                slide.read_resampled_into(level, xs[k:k + 1], ys[k:k + 1], tile_extent_x, tile_extent_y,
+                                          out[len(good):len(good) + 1])
+            except SlideError as exc:
+                skipped.append({"row": k, "x": int(xs[k]), "y": int(ys[k]), "error": str(exc).splitlines()[0]})
+                continue
+            good.append(k)
+        if good:
+            yield np.asarray(good, np.int64), out[: len(good)]
 
 
 def load_tile_pixels(path: str | os.PathLike, columns: list[str] | None = None) -> Iterator[tuple[dict, np.ndarray]]:

@@ -127,8 +127,9 @@ def test_model_file_config_and_tiles_rerun_predictions_only(predicted):
                  {"heatmap": cfg["heatmap"] | {"aggregation": "max"}}):
         assert planned_jobs(wd, cfg | edit) == {"predict": 1, "all": 1}, edit
     tiles_edit = {"filter": cfg["filter"] | {"tissue_threshold": 0.3}}
-    assert planned_jobs(wd, cfg | tiles_edit) == {"filter_tiles": 1, "pixels": 1, "predict": 1, "summary": 1,
-                                                  "all": 1}
+    # the slide table follows every slide's outputs too: it carries their status
+    assert planned_jobs(wd, cfg | tiles_edit) == {"filter_tiles": 1, "pixels": 1, "predict": 1, "slide_table": 1,
+                                                  "summary": 1, "all": 1}
 
     before = {p: (wd / p).stat().st_mtime_ns for p in
               [f"results/retained/{SLIDE}.parquet", f"results/pixels/{SLIDE}.parquet", "results/summary.tsv",
@@ -144,7 +145,7 @@ def test_without_stored_pixels_tiles_are_read_from_the_slide(predicted):
     wd, cfg, slide = predicted
     cfg = cfg | {"pixels": cfg["pixels"] | {"enabled": False}}
     # the summary drops its pixels-step timing; nothing upstream reruns
-    assert planned_jobs(wd, cfg) == {"predict": 1, "summary": 1, "all": 1}
+    assert planned_jobs(wd, cfg) == {"predict": 1, "slide_table": 1, "summary": 1, "all": 1}
     (wd / f"results/heatmaps/{SLIDE}.tiff").unlink()
     run_workflow(wd, cfg)
     assert_heatmap_holds_the_model_values(wd, slide)

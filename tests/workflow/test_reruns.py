@@ -10,7 +10,8 @@ from mask_first.synthetic import write_synthetic_slide
 pytestmark = pytest.mark.slow
 
 BASE = SMALL_CONFIG | {"qc": {"size": 256}}
-DOWNSTREAM_OF_FILTER = {"filter_tiles", "pixels", "summary", "heatmap", "all"}
+# both cohort tables carry every slide's status, so they wait for (and follow) every per-slide output
+DOWNSTREAM_OF_FILTER = {"filter_tiles", "pixels", "slide_table", "summary", "heatmap", "all"}
 
 
 def _with(config: dict, section: str, **values) -> dict:
@@ -86,4 +87,10 @@ def test_toggling_back_to_an_earlier_mask_method_reuses_the_cached_mask(workdir)
 
 def test_disabling_pixels_removes_only_that_target(workdir):
     wd, base = workdir
-    assert set(planned_jobs(wd, _with(base, "pixels", enabled=False))) == {"summary", "all"}
+    assert set(planned_jobs(wd, _with(base, "pixels", enabled=False))) == {"slide_table", "summary", "all"}
+
+
+def test_flag_threshold_edit_reruns_only_the_summary(workdir):
+    wd, base = workdir
+    for key, value in (("border_fraction", 0.5), ("area_outlier_z", 2.0), ("ink_area_mm2", 10.0)):
+        assert set(planned_jobs(wd, _with(base, "qc", **{key: value}))) == {"summary", "all"}, key

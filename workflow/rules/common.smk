@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mask_first.cohort import failure_path
 from mask_first.ids import stable_id
 
 SHEET_COLUMNS = ["slide_id", "path", "mpp", "mask", "tissue_method"]
@@ -209,16 +210,41 @@ def step_benchmarks(slide):
     return files
 
 
+def step_logs(slide):
+    """Rule logs of a slide's jobs in workflow order; their failure files say which step failed."""
+    key = SLIDE[slide]["mask_key"]
+    logs = [f"results/logs/tissue_mask/{slide}/{key}.log"] if USES_MASK and key else []
+    logs += [f"results/logs/tiles/{slide}.log", f"results/logs/filter_tiles/{slide}.log"]
+    if pixels_enabled():
+        logs.append(f"results/logs/pixels/{slide}.log")
+    if predict_enabled():
+        logs.append(f"results/logs/predict/{slide}.log")
+    if config["heatmap"]["predictions"]:  # the heatmap rule; with a model, predict makes the heatmaps
+        logs.append(f"results/logs/heatmap/{slide}.log")
+    return logs
+
+
+def slide_outputs(slide, core=False):
+    """Every per-slide output of the run (a slide is done when all exist); ``core``: the model's left out."""
+    s = slide
+    outputs = [f"results/slides/{s}.parquet", f"results/retained/{s}.parquet", f"results/qc/{s}.png"]
+    if pixels_enabled():
+        outputs.append(f"results/pixels/{s}.parquet")
+    if core:
+        return outputs
+    if predict_enabled():
+        outputs.append(f"results/predictions/{s}.parquet")
+    if heatmap_enabled():
+        outputs += [f"results/heatmaps/{s}.tiff", f"results/heatmaps/{s}.png"]
+    return outputs
+
+
 def all_targets():
-    targets = ["results/slides.parquet", "results/summary.tsv"]
+    # the cohort tables wait for the slides' own outputs; the model's and the
+    # heatmaps are asked for here (see workflow/rules/cohort.smk)
+    targets = ["results/slides.parquet", "results/summary.tsv", "results/contact_sheet.html"]
     for s in SLIDES:
-        targets += [f"results/retained/{s}.parquet", f"results/qc/{s}.png", f"results/coords/{s}.h5"]
+        targets += slide_outputs(s) + [f"results/coords/{s}.h5"]
         if USES_MASK and SLIDE[s]["mask_key"]:
             targets.append(SLIDE[s]["mask"][: -len(".tiff")] + ".geojson")
-        if pixels_enabled():
-            targets.append(f"results/pixels/{s}.parquet")
-        if predict_enabled():
-            targets.append(f"results/predictions/{s}.parquet")
-        if heatmap_enabled():
-            targets += [f"results/heatmaps/{s}.tiff", f"results/heatmaps/{s}.png"]
     return targets

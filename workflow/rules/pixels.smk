@@ -11,6 +11,7 @@ rule pixels:
         encoding=config["pixels"]["encoding"],
         jpeg_quality=config["pixels"]["jpeg_quality"],
         row_group_tiles=config["pixels"]["row_group_tiles"],
+        corrupt_tiles=config["pixels"]["corrupt_tiles"],
         mpp_override=mpp_override,
         resample=config["pixels"]["resample"],
         mpp=config["tiling"]["mpp"],

@@ -4,4 +4,4 @@ p = snakemake.params
 run_step(snakemake.wildcards.slide, snakemake.log[0], write_retained_pixels, snakemake.input.retained,
          snakemake.input.slide, snakemake.output[0], encoding=p.encoding, jpeg_quality=p.jpeg_quality,
          row_group_tiles=p.row_group_tiles, threads=snakemake.threads, mpp_override=p.mpp_override,
-         resample=p.resample, mpp=p.mpp, tile_extent=p.tile_extent)
+         resample=p.resample, mpp=p.mpp, tile_extent=p.tile_extent, corrupt_tiles=p.corrupt_tiles)

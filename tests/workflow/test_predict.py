@@ -14,7 +14,7 @@ import numpy as np
 import openslide
 import pytest
 
-from conftest import REPO, SMALL_CONFIG, planned_jobs, run_workflow, write_sheet
+from conftest import REPO, SMALL_CONFIG, area_average, planned_jobs, run_workflow, write_sheet
 from mask_first.assembly.heatmaps import read_heatmap_tiff
 from mask_first.io import read_table
 from mask_first.predict import read_predictions
@@ -61,7 +61,9 @@ def _openslide_tile(osr: openslide.OpenSlide, level: int, x: int, y: int, w: int
     return np.round(rgba[..., :3] * a + 255 * (1 - a)).astype(np.uint8)
 
 
-def assert_heatmap_holds_the_model_values(wd, slide_path):
+def assert_heatmap_holds_the_model_values(wd, slide_path, delivered: int | None = None):
+    """``delivered``: the model saw tiles of this many pixels (the stored pixels at tiling.mpp,
+    area-averaged from the level region); None: the level's native pixels (read from the slide)."""
     info = read_table(wd / f"results/slides/{SLIDE}.parquet").to_pylist()[0]
     ret = read_table(wd / f"results/retained/{SLIDE}.parquet").to_pydict()
     kept = [(x, y) for x, y, r in zip(ret["x"], ret["y"], ret["retained"]) if r]
@@ -76,7 +78,10 @@ def assert_heatmap_holds_the_model_values(wd, slide_path):
     worst = 0.0
     with openslide.OpenSlide(str(slide_path)) as osr:
         for x, y in kept:
-            want = _reference_score(_openslide_tile(osr, level, x, y, tx, ty))
+            tile = _openslide_tile(osr, level, x, y, tx, ty)
+            if delivered is not None and (tx, ty) != (delivered, delivered):
+                tile = np.round(area_average(tile, delivered, delivered)).astype(np.uint8)
+            want = _reference_score(tile)
             cells = heat[0, y // cy : (y + ty) // cy, x // cx : (x + tx) // cx]
             assert cells.size > 0
             worst = max(worst, float(np.abs(cells - want).max()))
@@ -102,7 +107,7 @@ def predicted(tmp_path_factory, shared_slides):
 
 def test_heatmap_cells_hold_the_callables_value_from_openslide_pixels(predicted):
     wd, _, slide = predicted
-    assert_heatmap_holds_the_model_values(wd, slide)
+    assert_heatmap_holds_the_model_values(wd, slide, delivered=SMALL_CONFIG["tiling"]["tile_extent"])
 
 
 def test_report_has_the_prediction_heatmap(predicted, tmp_path):

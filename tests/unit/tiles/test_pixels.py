@@ -66,7 +66,8 @@ def test_pixel_parquet_round_trip_is_lossless_and_streams_row_groups(tmp_path, s
     out = tmp_path / "px.parquet"
     n = write_tile_pixels(out, small_tiff, tiles, level=0, tile_extent_x=128, tile_extent_y=96, row_group_tiles=2)
     assert n == 4 and sorted(p.name for p in tmp_path.iterdir()) == sorted([small_tiff.name, "px.parquet"])  # no temporary left
-    assert pq.ParquetFile(out).num_row_groups == 2
+    meta = pq.ParquetFile(out).metadata
+    assert [meta.row_group(g).num_rows for g in range(meta.num_row_groups)] == [2, 2]  # row_group_tiles=2 each
     rows = list(load_tile_pixels(out))
     assert [r["x"] for r, _ in rows] == [0, 128, 256, 600] and rows[1][0]["tissue"] == 0.5
     np.testing.assert_array_equal(rows[2][1], textured_image[300:396, 256:384])

@@ -32,7 +32,10 @@ COHORT = [_slide_record(s) for s in SLIDES]
 # the cohort rules wait for the slide's own outputs, not for the model's
 # (predict) or the heatmaps: a model edit then reruns predict alone, and the
 # onsuccess handler brings the tables up to date if those change a status
-COHORT_INPUTS = [o for s in SLIDES for o in slide_outputs(s, core=True)]
+# Only each slide's last core output: it exists only after that slide's tiles
+# and filter jobs (info, retained, QC picture) finished, and a 10,000-slide DAG
+# then carries 10,000 cohort inputs per rule instead of 40,000.
+COHORT_INPUTS = [slide_outputs(s, core=True)[-1] for s in SLIDES]
 QC_THRESHOLDS = {
     "border_fraction": config["qc"]["border_fraction"],
     "area_outlier_z": config["qc"]["area_outlier_z"],

@@ -244,7 +244,7 @@ def all_targets():
     # heatmaps are asked for here (see workflow/rules/cohort.smk)
     targets = ["results/slides.parquet", "results/summary.tsv", "results/contact_sheet.html"]
     for s in SLIDES:
-        targets += slide_outputs(s) + [f"results/coords/{s}.h5"]
+        targets += slide_outputs(s)[len(slide_outputs(s, core=True)):] + [f"results/coords/{s}.h5"]
         if USES_MASK and SLIDE[s]["mask_key"]:
             targets.append(SLIDE[s]["mask"][: -len(".tiff")] + ".geojson")
     return targets

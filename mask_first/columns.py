@@ -23,7 +23,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["is_column", "to_numpy", "column_length", "broadcast", "group_rows", "take"]
+__all__ = ["xy_pair", "is_column", "to_numpy", "column_length", "broadcast", "group_rows", "take"]
+
+def xy_pair(v, cast=float) -> tuple:
+    """An (x, y) argument given as one value for both axes or as a pair, each passed through ``cast``."""
+    if np.ndim(v) == 0:
+        return cast(v), cast(v)
+    a, b = v
+    return cast(a), cast(b)
+
 
 #: more runs than this (and than n / 64) means "not sorted": factorise instead
 _MAX_RUNS = 256

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from mask_first.columns import is_column, to_numpy
+from mask_first.columns import xy_pair
 from mask_first.ids import stable_id
 
 __all__ = [
@@ -667,13 +668,6 @@ def choose_level(level_mpps: Sequence[tuple[float, float]], mpp: float, toleranc
     return best
 
 
-def _pair(v) -> tuple[int, int]:
-    if np.ndim(v) == 0:
-        return int(v), int(v)
-    a, b = v
-    return int(a), int(b)
-
-
 def slide_row(
     path: str | os.PathLike,
     *,
@@ -686,8 +680,8 @@ def slide_row(
     """One row of the slide table (see :func:`read_slides`)."""
     if (mpp is None) == (level is None):
         raise ValueError("give exactly one of 'mpp' or 'level'")
-    tx, ty = _pair(tile_extent)
-    sx, sy = _pair(stride)
+    tx, ty = xy_pair(tile_extent, int)
+    sx, sy = xy_pair(stride, int)
     if min(tx, ty, sx, sy) <= 0:
         raise ValueError(f"tile_extent and stride must be positive, got {tile_extent}, {stride}")
     with open_slide(path, mpp_override) as slide:

@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from mask_first.columns import xy_pair
+
 __all__ = [
     "LABEL_COLORS",
     "mask_polygons",
@@ -151,8 +153,8 @@ def mask_to_feature_collection(
     """
     import shapely
 
-    mmx, mmy = _pair(mask_mpp)
-    smx, smy = _pair(slide_mpp)
+    mmx, mmy = xy_pair(mask_mpp)
+    smx, smy = xy_pair(slide_mpp)
     table = {str(k): v for k, v in (labels or {}).items()}
     features = []
     for value in np.unique(mask).tolist():
@@ -398,10 +400,3 @@ def geojson_to_mask(
     info = {"features_used": len(polys), "features_skipped": skipped, "classes_present": sorted(seen),
             "classes_used": sorted(wanted) if wanted else "all", "bounds_level0": [minx, miny, maxx, maxy]}
     return mask, info
-
-
-def _pair(v) -> tuple[float, float]:
-    if np.ndim(v) == 0:
-        return float(v), float(v)
-    a, b = v
-    return float(a), float(b)

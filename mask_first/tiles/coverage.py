@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mask_first.columns import broadcast, column_length, group_rows, take, to_numpy
+from mask_first.columns import broadcast, column_length, group_rows, take, to_numpy, xy_pair
 from mask_first.tissue.overlay import read_mask_overlay
 
 __all__ = ["TileFractions", "overlap_fractions", "tile_overlay_overlap", "summed_area_table", "retain"]
@@ -110,13 +110,6 @@ def _rect_integrals(sat: np.ndarray, x0, y0, x1, y1) -> np.ndarray:
         - _bilinear_sat(flat, w1, x1, y0, w, h)
         + _bilinear_sat(flat, w1, x0, y0, w, h)
     )
-
-
-def _as_pair(v) -> tuple[float, float]:
-    if np.ndim(v) == 0:
-        return float(v), float(v)
-    a, b = v
-    return float(a), float(b)
 
 
 def _roi_box(roi) -> tuple[float, float, float, float] | None:
@@ -224,7 +217,7 @@ def overlap_fractions(
         raise ValueError("tile_x and tile_y must have the same length")
     n = len(tile_x)
     column_length(tile_x=tile_x, mpp_x=mpp_x, mpp_y=mpp_y)
-    mmx, mmy = _as_pair(mask_mpp)
+    mmx, mmy = xy_pair(mask_mpp)
     # mask pixels per slide-level pixel: scalars, or one per tile
     sx = broadcast(mpp_x, n, np.float64) / mmx
     sy = broadcast(mpp_y, n, np.float64) / mmy

@@ -16,7 +16,7 @@ import numpy as np
 
 from mask_first.io import as_table, atomic_path
 from mask_first.slides import Slide, open_slide
-from mask_first.columns import broadcast, column_length, group_rows, take
+from mask_first.columns import broadcast, column_length, group_rows, take, xy_pair
 
 __all__ = [
     "read_slide_tiles",
@@ -38,13 +38,6 @@ def _coords(tile_x, tile_y) -> tuple[np.ndarray, np.ndarray]:
     if xs.shape != ys.shape:
         raise ValueError(f"tile_x has {xs.size} entries, tile_y {ys.size}")
     return xs, ys
-
-
-def _pair(v) -> tuple[int, int]:
-    if np.ndim(v) == 0:
-        return int(v), int(v)
-    a, b = v
-    return int(a), int(b)
 
 
 def iter_slide_tiles(
@@ -70,7 +63,7 @@ def iter_slide_tiles(
         array is reused between batches: copy it if you keep it.
     """
     xs, ys = _coords(tile_x, tile_y)
-    out_w, out_h = (tile_extent_x, tile_extent_y) if resample_to is None else _pair(resample_to)
+    out_w, out_h = (tile_extent_x, tile_extent_y) if resample_to is None else xy_pair(resample_to, int)
     own = not isinstance(slide, Slide)
     s = open_slide(slide, mpp_override, require_mpp=False) if own else slide
     try:
@@ -153,7 +146,7 @@ def read_slide_tiles(
     ys = np.broadcast_to(broadcast(tile_y, n, np.int64), (n,))
     ex, ey, lv = (broadcast(v, n, np.int64) for v in (tile_extent_x, tile_extent_y, level))
     ex, ey = _uniform(ex), _uniform(ey)
-    rs = None if resample_to is None else _pair(resample_to)
+    rs = None if resample_to is None else xy_pair(resample_to, int)
     ragged = rs is None and (isinstance(ex, np.ndarray) or isinstance(ey, np.ndarray))
     out_wh = rs if rs is not None else (None if ragged else (int(ex), int(ey)))
     out = np.empty(n, object) if ragged else np.empty((n, out_wh[1], out_wh[0], 3), np.uint8)
@@ -330,7 +323,7 @@ def write_tile_pixels(
     meta = as_table(tiles)
     xs, ys = _coords(meta.column("x").to_numpy(), meta.column("y").to_numpy())
     n = meta.num_rows
-    out_w, out_h = (tile_extent_x, tile_extent_y) if resample_to is None else _pair(resample_to)
+    out_w, out_h = (tile_extent_x, tile_extent_y) if resample_to is None else xy_pair(resample_to, int)
     if encoding not in ("raw", "jpeg"):
         raise ValueError(f"pixel encoding must be 'raw' or 'jpeg', got {encoding!r}")
     with open_slide(slide_path, mpp_override, require_mpp=False) as slide:
@@ -451,7 +444,7 @@ def _read_batches(slide: Slide, xs, ys, tile_extent_x: int, tile_extent_y: int, 
                                           batch_size=batch_size, threads=threads, resample_to=resample_to):
             yield np.arange(sl.start, sl.stop), batch
         return
-    out_w, out_h = (tile_extent_x, tile_extent_y) if resample_to is None else _pair(resample_to)
+    out_w, out_h = (tile_extent_x, tile_extent_y) if resample_to is None else xy_pair(resample_to, int)
     buf = np.empty((min(batch_size, max(len(xs), 1)), out_h, out_w, 3), np.uint8)
     for start in range(0, len(xs), batch_size):
         stop = min(start + batch_size, len(xs))

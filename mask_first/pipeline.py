@@ -388,7 +388,7 @@ def _write_tile_interop(slide, table, keep, out_coords, out_tile_objects, mask_g
 
 def write_retained_pixels(
     retained: str, slide_path: str, out: str, *, encoding: str = "raw", jpeg_quality: int = 90,
-    row_group_tiles: int = 256, threads: int = 1, mpp_override: float | None = None,
+    compression: str = "none", row_group_tiles: int = 64, threads: int = 1, mpp_override: float | None = None,
     resample: bool = True, mpp: float | None = None, tile_extent: int | None = None,
     corrupt_tiles: str = "fail",
 ) -> int:
@@ -415,7 +415,8 @@ def write_retained_pixels(
     resample_to = (tile_extent, tile_extent) if resample and mpp is not None and tile_extent and first else None
     n = write_tile_pixels(
         out, slide_path, kept, level=level, tile_extent_x=tx, tile_extent_y=ty, resample_to=resample_to,
-        encoding=encoding, jpeg_quality=jpeg_quality, row_group_tiles=row_group_tiles, threads=threads,
+        encoding=encoding, jpeg_quality=jpeg_quality, compression=compression, row_group_tiles=row_group_tiles,
+        threads=threads,
         mpp_override=mpp_override, corrupt_tiles=corrupt_tiles,
     )
     log.info("%d tiles written%s", n, f", delivered at {resample_to[0]} px" if resample_to else "")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -52,25 +53,30 @@ def iter_slide_tiles(
     threads: int = 1,
     mpp_override: float | None = None,
     resample_to: tuple[int, int] | None = None,
+    buffers: int = 1,
 ) -> Iterator[tuple[slice, np.ndarray]]:
     """Stream tiles in batches (arguments as :func:`read_slide_tiles`).
+
+    ``buffers`` arrays are cycled through, so a consumer may still be using
+    the previous ``buffers - 1`` batches while the next one is decoded.
 
     Yields
     ------
     (slice, ndarray of uint8, shape (B, H, W, 3))
         The positions of the batch in the input arrays and its pixels, (H, W)
         = ``(tile_extent_y, tile_extent_x)`` or ``resample_to`` reversed. The
-        array is reused between batches: copy it if you keep it.
+        array is reused ``buffers`` batches later: copy it if you keep it.
     """
     xs, ys = _coords(tile_x, tile_y)
     out_w, out_h = (tile_extent_x, tile_extent_y) if resample_to is None else xy_pair(resample_to, int)
     own = not isinstance(slide, Slide)
     s = open_slide(slide, mpp_override, require_mpp=False) if own else slide
     try:
-        buf = np.empty((min(batch_size, max(len(xs), 1)), out_h, out_w, 3), np.uint8)
-        for start in range(0, len(xs), batch_size):
+        shape = (min(batch_size, max(len(xs), 1)), out_h, out_w, 3)
+        bufs = [np.empty(shape, np.uint8) for _ in range(max(1, min(buffers, -(-len(xs) // batch_size))))]
+        for k, start in enumerate(range(0, len(xs), batch_size)):
             stop = min(start + batch_size, len(xs))
-            out = buf[: stop - start]
+            out = bufs[k % len(bufs)][: stop - start]
             s.read_resampled_into(level, xs[start:stop], ys[start:stop], tile_extent_x, tile_extent_y, out,
                                   threads=threads)
             yield slice(start, stop), out
@@ -236,9 +242,11 @@ def tile_pixel_std(tiles: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------
 
 
-#: Parquet zstd level of the pixel column: level 1 writes ~280 MB/s of tile
-#: bytes on this machine, level 3 ~170 MB/s for 5 % smaller files (bench_pixels.py)
-PIXEL_ZSTD_LEVEL = 1
+#: Parquet codecs for the raw pixel column. Measured on the real H&E tiles of
+#: ../shared/data/slides (benchmarks/bench_pixels.py): none 1.00x smaller at
+#: ~1,100 MB/s, snappy 1.25x at ~860 MB/s, lz4 1.25x at ~560 MB/s, zstd level 1
+#: 1.33x at ~500 MB/s. Stained tissue is noisy; general-purpose codecs buy little.
+PIXEL_COMPRESSIONS = ("none", "snappy", "lz4", "zstd")
 
 
 def _encode(tiles: np.ndarray, encoding: str, quality: int):
@@ -268,8 +276,9 @@ def write_tile_pixels(
     resample_to: tuple[int, int] | None = None,
     encoding: str = "raw",
     jpeg_quality: int = 90,
+    compression: str = "none",
     batch_size: int = DEFAULT_BATCH,
-    row_group_tiles: int = 256,
+    row_group_tiles: int = 64,
     threads: int = 1,
     mpp_override: float | None = None,
     corrupt_tiles: str = "fail",
@@ -290,9 +299,12 @@ def write_tile_pixels(
     resample_to : (int, int), optional
         Delivered (width, height) in pixels; see :func:`read_slide_tiles`.
     encoding : {"raw", "jpeg"}
-        ``"raw"`` stores the uint8 (H, W, 3) bytes losslessly (Parquet zstd
-        level :data:`PIXEL_ZSTD_LEVEL`); ``"jpeg"`` stores baseline JPEG at
-        ``jpeg_quality``, several times smaller but lossy.
+        ``"raw"`` stores the uint8 (H, W, 3) bytes losslessly; ``"jpeg"``
+        stores baseline JPEG at ``jpeg_quality``, several times smaller but lossy.
+    compression : {"snappy", "none", "lz4", "zstd"}
+        Parquet codec of the pixel column (lossless; see
+        :data:`PIXEL_COMPRESSIONS` for measured ratios and speeds); zstd runs
+        at level 1. JPEG bytes are stored as they are.
     row_group_tiles : int
         Tiles per Parquet row group: memory holds one row group, never the slide.
     corrupt_tiles : {"fail", "skip"}
@@ -326,6 +338,8 @@ def write_tile_pixels(
     out_w, out_h = (tile_extent_x, tile_extent_y) if resample_to is None else xy_pair(resample_to, int)
     if encoding not in ("raw", "jpeg"):
         raise ValueError(f"pixel encoding must be 'raw' or 'jpeg', got {encoding!r}")
+    if compression not in PIXEL_COMPRESSIONS:
+        raise ValueError(f"pixel compression must be one of {PIXEL_COMPRESSIONS}, got {compression!r}")
     with open_slide(slide_path, mpp_override, require_mpp=False) as slide:
         lmx, lmy = slide.level_mpp(level)
         constants = {
@@ -354,29 +368,44 @@ def write_tile_pixels(
         with atomic_path(out_path) as tmp:
             progress = _Progress(n, tmp)
             # dictionary encoding and min/max statistics over the pixel bytes cost
-            # more than the compression itself (3.6x slower writes when on)
-            writer = pq.ParquetWriter(tmp, schema, compression="zstd", compression_level=PIXEL_ZSTD_LEVEL,
+            # more than the compression itself (3.6x slower writes when on); JPEG
+            # bytes do not compress further; small columns get zstd either way
+            codecs = {name: "zstd" for name in small}
+            codecs["pixels"] = "none" if encoding == "jpeg" else compression
+            writer = pq.ParquetWriter(tmp, schema, compression=codecs,
+                                      compression_level={n: 1 for n, c in codecs.items() if c == "zstd"},
                                       use_dictionary=small, write_statistics=small)
+            # one writer thread: a row group is encoded and written (pyarrow and
+            # libjpeg release the GIL) while the next one is decoded into the
+            # other of two buffers; at most one write is pending
+            pool = ThreadPoolExecutor(1)
+            pending = None
             try:
-                def write(rows: np.ndarray, pixels) -> None:
-                    nonlocal written
+                def write(rows: np.ndarray, batch) -> None:
                     if len(rows) and rows[-1] - rows[0] + 1 == len(rows):  # contiguous: no copy
                         chunk = meta.slice(int(rows[0]), len(rows))
                     else:  # tiles skipped in this batch (or none)
                         chunk = meta.take(pa.array(rows, pa.int64()))
                     for name, value in constants.items():
                         chunk = chunk.append_column(name, pa.array([value.as_py()] * len(rows), value.type))
+                    pixels = pa.array([], pa.binary()) if batch is None else _encode(batch, encoding, jpeg_quality)
                     writer.write_table(chunk.append_column("pixels", pixels))
-                    written += len(rows)
 
                 if n == 0:
-                    write(np.zeros(0, np.int64), pa.array([], pa.binary()))
+                    write(np.zeros(0, np.int64), None)
                 for rows, batch in _read_batches(
                     slide, xs, ys, tile_extent_x, tile_extent_y, level, batch_size=row_group_tiles,
                     threads=threads, resample_to=(out_w, out_h), corrupt_tiles=corrupt_tiles, skipped=skipped,
+                    buffers=2,
                 ):
-                    write(rows, _encode(batch, encoding, jpeg_quality))
+                    if pending is not None:
+                        pending.result()  # frees the buffer the next batch is decoded into
+                    pending = pool.submit(write, rows, batch)
+                    written += len(rows)
                     progress.update(int(rows[-1]) + 1)
+                if pending is not None:
+                    pending.result()
+                    pending = None
                 if skipped:
                     ids = meta.column("tile_id").to_numpy() if "tile_id" in meta.column_names else np.arange(n)
                     for t in skipped:
@@ -386,6 +415,9 @@ def write_tile_pixels(
                     {"tiles_requested": n, "tiles_written": written, "tiles_skipped": len(skipped),
                      "skipped": skipped})})
             finally:
+                if pending is not None:  # an error while reading: let the write finish before closing
+                    pending.exception()
+                pool.shutdown()
                 writer.close()
             if skipped:
                 log.warning("%d corrupt tile(s) skipped (pixels.corrupt_tiles: skip): %s", len(skipped),
@@ -427,7 +459,7 @@ class _Progress:
 
 def _read_batches(slide: Slide, xs, ys, tile_extent_x: int, tile_extent_y: int, level: int, *,
                   batch_size: int, threads: int, resample_to: tuple[int, int] | None, corrupt_tiles: str,
-                  skipped: list) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                  skipped: list, buffers: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Batches of decoded tiles with their row numbers in ``xs``/``ys``.
 
     ``corrupt_tiles="fail"``: a :class:`~mask_first.slides.SlideError` ends the
@@ -441,14 +473,16 @@ def _read_batches(slide: Slide, xs, ys, tile_extent_x: int, tile_extent_y: int, 
         raise ValueError(f"corrupt_tiles must be 'fail' or 'skip', got {corrupt_tiles!r}")
     if corrupt_tiles == "fail":
         for sl, batch in iter_slide_tiles(slide, xs, ys, tile_extent_x, tile_extent_y, level,
-                                          batch_size=batch_size, threads=threads, resample_to=resample_to):
+                                          batch_size=batch_size, threads=threads, resample_to=resample_to,
+                                          buffers=buffers):
             yield np.arange(sl.start, sl.stop), batch
         return
     out_w, out_h = (tile_extent_x, tile_extent_y) if resample_to is None else xy_pair(resample_to, int)
-    buf = np.empty((min(batch_size, max(len(xs), 1)), out_h, out_w, 3), np.uint8)
-    for start in range(0, len(xs), batch_size):
+    shape = (min(batch_size, max(len(xs), 1)), out_h, out_w, 3)
+    bufs = [np.empty(shape, np.uint8) for _ in range(max(1, min(buffers, -(-len(xs) // batch_size))))]
+    for k, start in enumerate(range(0, len(xs), batch_size)):
         stop = min(start + batch_size, len(xs))
-        out = buf[: stop - start]
+        out = bufs[k % len(bufs)][: stop - start]
         try:
             slide.read_resampled_into(level, xs[start:stop], ys[start:stop], tile_extent_x, tile_extent_y, out,
                                       threads=threads)

@@ -10,6 +10,7 @@ rule pixels:
     params:
         encoding=config["pixels"]["encoding"],
         jpeg_quality=config["pixels"]["jpeg_quality"],
+        compression=config["pixels"]["compression"],
         row_group_tiles=config["pixels"]["row_group_tiles"],
         corrupt_tiles=config["pixels"]["corrupt_tiles"],
         mpp_override=mpp_override,

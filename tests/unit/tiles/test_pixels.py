@@ -74,6 +74,36 @@ def test_pixel_parquet_round_trip_is_lossless_and_streams_row_groups(tmp_path, s
     assert (rows[3][1][:, 100:] == 255).all()  # past the right edge: white
 
 
+@pytest.mark.parametrize("compression", ["none", "snappy", "lz4", "zstd"])
+def test_every_pixel_codec_round_trips_exactly_across_many_row_groups(tmp_path, small_tiff, textured_image,
+                                                                      compression):
+    import pyarrow.parquet as pq
+
+    # 9 tiles in row groups of 2: decoding alternates between two buffers while
+    # the previous group is written in the background, so a write that read a
+    # buffer after the next decode overwrote it would store the wrong tile
+    xs, ys = np.meshgrid([0, 200, 400], [0, 150, 300])
+    tiles = pd.DataFrame({"x": xs.ravel(), "y": ys.ravel()})
+    out = tmp_path / "px.parquet"
+    assert write_tile_pixels(out, small_tiff, tiles, level=0, tile_extent_x=128, tile_extent_y=96,
+                             row_group_tiles=2, compression=compression) == 9
+    meta = pq.ParquetFile(out).metadata
+    pixel_col = meta.schema.names.index("pixels")
+    assert meta.num_row_groups == 5
+    assert {meta.row_group(g).column(pixel_col).compression for g in range(5)} == {compression.upper().replace("NONE", "UNCOMPRESSED")}
+    for (row, arr), x, y in zip(load_tile_pixels(out), tiles.x, tiles.y):
+        assert (row["x"], row["y"]) == (x, y)
+        np.testing.assert_array_equal(arr, textured_image[y : y + 96, x : x + 128])
+
+
+def test_unknown_pixel_codec_is_refused_before_anything_is_written(tmp_path, small_tiff):
+    out = tmp_path / "px.parquet"
+    with pytest.raises(ValueError, match="compression must be one of"):
+        write_tile_pixels(out, small_tiff, pd.DataFrame({"x": [0], "y": [0]}), level=0,
+                          tile_extent_x=8, tile_extent_y=8, compression="brotli")
+    assert not out.exists()
+
+
 def test_pixel_parquet_jpeg_option_is_close(tmp_path, small_tiff, textured_image):
     tiles = pd.DataFrame({"x": [128], "y": [64]})
     out = tmp_path / "px.parquet"

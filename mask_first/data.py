@@ -56,13 +56,23 @@ class TileDataset:
         *,
         all_tiles: bool = False,
         mpp_override: float | None = None,
+        resample_to: int | tuple[int, int] | None = None,
         transform: Callable | None = None,
     ) -> "TileDataset":
         """Tiles read from the slide by a retained table (``results/retained/{slide}.parquet``).
 
         ``all_tiles``: every tile of the table, not only ``retained`` ones.
+        ``resample_to``: delivered (width, height) in pixels (one int: square),
+        each tile's region area-averaged to it, as the pixel step does for
+        ``tiling.tile_extent`` at ``tiling.mpp`` (a 512-px region at 0.25 µm/px
+        becomes 256 px at 0.5 µm/px); the metadata then gives the delivered
+        ``tile_extent_x/y`` and ``mpp_x/y`` and the region read as
+        ``read_extent_x/y``. None: the level's native pixels.
         """
-        return cls(_SlideSource(Path(retained), Path(slide_path), all_tiles, mpp_override), transform)
+        from mask_first.columns import xy_pair
+
+        size = None if resample_to is None else xy_pair(resample_to, int)
+        return cls(_SlideSource(Path(retained), Path(slide_path), all_tiles, mpp_override, size), transform)
 
     # -- sequence protocol ------------------------------------------------
     def __len__(self) -> int:
@@ -152,7 +162,8 @@ class _ParquetSource(_Source):
 class _SlideSource(_Source):
     _handles = ("_slide",)
 
-    def __init__(self, retained: Path, slide_path: Path, all_tiles: bool, mpp_override: float | None):
+    def __init__(self, retained: Path, slide_path: Path, all_tiles: bool, mpp_override: float | None,
+                 resample_to: tuple[int, int] | None = None):
         from mask_first.io import read_table
 
         table = read_table(retained)
@@ -162,6 +173,7 @@ class _SlideSource(_Source):
         self.n = len(self._rows)
         self.slide_path = slide_path
         self.mpp_override = mpp_override
+        self.resample_to = resample_to
         self._slide = None
         self._pid = None
 
@@ -172,8 +184,13 @@ class _SlideSource(_Source):
             self._slide = open_slide(self.slide_path, self.mpp_override)
         row = dict(self._rows[i])
         w, h, level = int(row["tile_extent_x"]), int(row["tile_extent_y"]), int(row["level"])
-        out = np.empty((1, h, w, 3), np.uint8)
-        self._slide.read_regions_into(level, np.array([row["x"]]), np.array([row["y"]]), w, h, out)
+        ow, oh = (w, h) if self.resample_to is None else self.resample_to
+        out = np.empty((1, oh, ow, 3), np.uint8)
+        self._slide.read_resampled_into(level, np.array([row["x"]]), np.array([row["y"]]), w, h, out)
+        if self.resample_to is not None:
+            lmx, lmy = self._slide.level_mpp(level)
+            row.update(read_extent_x=w, read_extent_y=h, tile_extent_x=ow, tile_extent_y=oh,
+                       mpp_x=lmx * w / ow, mpp_y=lmy * h / oh)
         return out[0], row
 
     def __del__(self):

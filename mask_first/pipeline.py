@@ -412,7 +412,7 @@ def write_retained_pixels(
     log.info("pixels: %d retained tiles to read", kept.num_rows)
     first = table.slice(0, 1).to_pylist()
     tx, ty, level = (first[0]["tile_extent_x"], first[0]["tile_extent_y"], first[0]["level"]) if first else (1, 1, 0)
-    resample_to = (tile_extent, tile_extent) if resample and mpp is not None and tile_extent and first else None
+    resample_to = _delivered_size(resample, mpp, tile_extent) if first else None
     n = write_tile_pixels(
         out, slide_path, kept, level=level, tile_extent_x=tx, tile_extent_y=ty, resample_to=resample_to,
         encoding=encoding, jpeg_quality=jpeg_quality, compression=compression, row_group_tiles=row_group_tiles,
@@ -654,17 +654,30 @@ def write_heatmap(
 write_heatmap.needs_pandas = True
 
 
+def _delivered_size(resample: bool, mpp: float | None, tile_extent: int | None) -> tuple[int, int] | None:
+    """(width, height) in pixels at ``mpp`` µm/px of tiles read from the slide, or None for native pixels.
+
+    Only a tiling given in µm/px (not a fixed level) has a target resolution.
+    """
+    return (tile_extent, tile_extent) if resample and mpp is not None and tile_extent else None
+
+
 def write_predictions(
-    retained: str, slide_info: str, out_predictions: str, out_tiff: str, out_png: str, **kwargs: Any,
+    retained: str, slide_info: str, out_predictions: str, out_tiff: str, out_png: str, *,
+    resample: bool = True, mpp: float | None = None, tile_extent: int | None = None, **kwargs: Any,
 ) -> int:
     """Run the configured model on the retained tiles; predictions table, heatmap TIFF and PNG.
 
-    See :func:`mask_first.predict.predict_slide` for the keyword arguments.
+    Tiles read from the slide (no pixel table) are delivered like the pixel
+    step's (see :func:`write_retained_pixels`): ``tile_extent`` pixels at
+    ``mpp`` when ``resample``. See :func:`mask_first.predict.predict_slide`
+    for the other keyword arguments.
     """
     from mask_first.predict import predict_slide
 
     # our own code stays pandas-free; the user's model may import it (or something that does)
-    return predict_slide(retained, slide_info, out_predictions, out_tiff, out_png, user_code=_allow_pandas, **kwargs)
+    return predict_slide(retained, slide_info, out_predictions, out_tiff, out_png, user_code=_allow_pandas,
+                         resample_to=_delivered_size(resample, mpp, tile_extent), **kwargs)
 
 
 @contextmanager

@@ -316,13 +316,15 @@ def batch_metadata(rows: dict[str, np.ndarray], sl: slice, info: dict) -> dict:
 def iter_tile_batches(
     *, pixels: str | None = None, slide_path: str | None = None, rows: dict[str, np.ndarray] | None = None,
     tile_extent: tuple[int, int] = (0, 0), level: int = 0, batch_size: int = 32, threads: int = 1,
+    resample_to: tuple[int, int] | None = None,
     mpp_override: float | None = None,
 ) -> Iterator[tuple[slice, np.ndarray]]:
     """Batches of tile pixels, in the order of ``rows`` (the retained tiles).
 
     From the pixel Parquet when ``pixels`` is given (its rows are the retained
     tiles in order; each tile is decoded at the size stored there), otherwise
-    read from ``slide_path`` at ``level`` with ``tile_extent`` (x, y) pixels.
+    read from ``slide_path`` at ``level`` with ``tile_extent`` (x, y) pixels,
+    area-averaged to ``resample_to`` (width, height) pixels when given.
 
     Yields
     ------
@@ -349,7 +351,8 @@ def iter_tile_batches(
     from mask_first.tiles.pixels import iter_slide_tiles
 
     yield from iter_slide_tiles(slide_path, rows["x"], rows["y"], tile_extent[0], tile_extent[1], level,
-                                batch_size=batch_size, threads=threads, mpp_override=mpp_override)
+                                batch_size=batch_size, threads=threads, mpp_override=mpp_override,
+                                resample_to=resample_to)
 
 
 class _Assembler:
@@ -456,6 +459,7 @@ def predict_slide(
     size: int = 1024,
     threads: int = 1,
     mpp_override: float | None = None,
+    resample_to: tuple[int, int] | None = None,
     user_code: Callable[[], Any] = contextlib.nullcontext,
 ) -> int:
     """The retained tiles of one slide through a model: predictions table, heatmap TIFF and PNG.
@@ -482,6 +486,9 @@ def predict_slide(
         ``"module:function"`` or an ONNX file; exactly one.
     pixels, slide_path : str
         Tiles from the pixel Parquet when given, else read from the slide.
+    resample_to : (int, int), optional
+        Tiles read from the slide are area-averaged to this (width, height)
+        in pixels (the pixel step's delivered size); None: native pixels.
     normalisation : dict
         ``layout``, ``scale``, ``mean``, ``std`` of the float input of ONNX
         models and torch modules (see :class:`OnnxModel`).
@@ -545,7 +552,7 @@ def predict_slide(
         try:
             batches = iter_tile_batches(pixels=pixels, slide_path=slide_path, rows=rows, tile_extent=tile_extent,
                                         level=level, batch_size=batch_size, threads=threads,
-                                        mpp_override=mpp_override) if n else iter(())
+                                        mpp_override=mpp_override, resample_to=resample_to) if n else iter(())
             for sl, tiles in batches:
                 if wants_meta:
                     m = batch_metadata(rows, sl, meta)

@@ -88,3 +88,23 @@ def test_dataloader_with_worker_processes(shared_slides, retained, tmp_path):
                 assert np.abs(pixels[k].numpy().astype(float) - ref[tid]).mean() < 1.0
                 seen.append(tid)
         assert sorted(seen) == list(range(40))
+
+
+def test_from_slide_delivers_the_asked_size_as_the_block_mean_of_the_region(shared_slides, retained):
+    path, table = retained
+    ds = TileDataset.from_slide(path, shared_slides / SLIDE, resample_to=(48, 40))
+    kept = np.flatnonzero(table["retained"])
+    osr = openslide.OpenSlide(str(shared_slides / SLIDE))
+    mpp0 = float(osr.properties["openslide.mpp-x"])
+    for i in (0, 7, 29):
+        pixels, meta = ds[i]
+        k = kept[i]
+        assert pixels.shape == (40, 48, 3)
+        assert (meta["tile_extent_x"], meta["tile_extent_y"], meta["read_extent_x"], meta["read_extent_y"]) == \
+            (48, 40, 96, 80)
+        assert meta["mpp_x"] == pytest.approx(2 * mpp0)
+        # 96 x 80 -> 48 x 40 is an exact 2 x 2 block mean: OpenSlide's region averaged by hand
+        native = _openslide_tile(osr, table["x"][k], table["y"][k], 96, 80)
+        block = native.reshape(40, 2, 48, 2, 3).mean(axis=(1, 3))
+        assert np.abs(pixels - block).max() <= 1.0
+    osr.close()

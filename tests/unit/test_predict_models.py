@@ -310,3 +310,24 @@ def test_the_step_stays_pandas_free_but_a_model_may_import_pandas(in_tmp, small_
         results[mod + " heat"] = read_heatmap_tiff(in_tmp / f"{mod}.tiff")[0]
     assert results["usermodel_plain"] == "False" and results["usermodel_pd"] == "True"
     np.testing.assert_array_equal(results["usermodel_plain heat"], results["usermodel_pd heat"])
+
+
+def test_tiles_read_from_the_slide_reach_the_model_at_the_delivered_size(in_tmp, small_tiff, textured_image):
+    # no pixel table: the model must still see the pixel step's tiles, 128-px
+    # regions area-averaged to 64 px, not the level's native 128 px
+    (in_tmp / "usermodel_size.py").write_text(
+        "import numpy as np\n\ndef f(tiles):\n"
+        "    return np.stack([np.full(len(tiles), tiles.shape[1], np.float32),\n"
+        "                     tiles[..., 0].mean(axis=(1, 2))], axis=1)\n")
+    info, retained, xs, ys = _grid(in_tmp, small_tiff, tile=128, stride=128)
+    n, out = _run(in_tmp, info, retained, small_tiff, model="usermodel_size:f", columns=["height", "red"],
+                  resample_to=(64, 64))
+    cols, _ = read_predictions(out["parquet"])
+    assert n == len(xs) and (cols["height"] == 64).all()
+    for i in range(n):
+        x, y = int(cols["x"][i]), int(cols["y"][i])
+        region = np.full((128, 128), 255.0)  # white past the slide's edge
+        crop = textured_image[y : y + 128, x : x + 128, 0]
+        region[: crop.shape[0], : crop.shape[1]] = crop
+        block = np.rint(region.reshape(64, 2, 64, 2).mean(axis=(1, 3)))  # what a 2 x 2 area average gives
+        assert abs(cols["red"][i] - block.mean()) < 0.5

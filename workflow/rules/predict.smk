@@ -52,6 +52,9 @@ rule predict:
         storage=config["heatmap"]["storage"],
         size=config["qc"]["size"],
         mpp_override=mpp_override,
+        resample=config["pixels"]["resample"],
+        mpp=config["tiling"]["mpp"],
+        tile_extent=config["tiling"]["tile_extent"],
     log:
         "results/logs/predict/{slide}.log",
     benchmark:

@@ -6,4 +6,5 @@ run_step(snakemake.wildcards.slide, snakemake.log[0], write_predictions, i.retai
          slide_path=i.get("slide"), columns=list(p.columns), batch_size=p.batch_size,
          edge_clipping=p.edge_clipping, map_dtype=p.map_dtype, normalisation=dict(p.input),
          providers=list(p.providers), aggregation=p.aggregation, storage=p.storage, size=p.size,
-         threads=snakemake.threads, mpp_override=p.mpp_override)
+         threads=snakemake.threads, mpp_override=p.mpp_override,
+         resample=p.resample, mpp=p.mpp, tile_extent=p.tile_extent)

@@ -62,8 +62,8 @@ def _openslide_tile(osr: openslide.OpenSlide, level: int, x: int, y: int, w: int
 
 
 def assert_heatmap_holds_the_model_values(wd, slide_path, delivered: int | None = None):
-    """``delivered``: the model saw tiles of this many pixels (the stored pixels at tiling.mpp,
-    area-averaged from the level region); None: the level's native pixels (read from the slide)."""
+    """``delivered``: the model saw tiles of this many pixels (tiling.tile_extent at tiling.mpp,
+    area-averaged from the level region, from the pixel table or the slide); None: the level's native pixels."""
     info = read_table(wd / f"results/slides/{SLIDE}.parquet").to_pylist()[0]
     ret = read_table(wd / f"results/retained/{SLIDE}.parquet").to_pydict()
     kept = [(x, y) for x, y, r in zip(ret["x"], ret["y"], ret["retained"]) if r]
@@ -153,7 +153,8 @@ def test_without_stored_pixels_tiles_are_read_from_the_slide(predicted):
     assert planned_jobs(wd, cfg) == {"predict": 1, "slide_table": 1, "summary": 1, "all": 1}
     (wd / f"results/heatmaps/{SLIDE}.tiff").unlink()
     run_workflow(wd, cfg)
-    assert_heatmap_holds_the_model_values(wd, slide)
+    # read from the slide, the model still gets tiles at tiling.mpp, as from the pixel table
+    assert_heatmap_holds_the_model_values(wd, slide, delivered=SMALL_CONFIG["tiling"]["tile_extent"])
 
 
 def test_a_broken_model_fails_its_slide_with_one_line(tmp_path, shared_slides):

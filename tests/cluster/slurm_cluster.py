@@ -127,7 +127,7 @@ def slurm_available() -> tuple[bool, str]:
     try:
         import snakemake_executor_plugin_slurm  # noqa: F401
     except ImportError:
-        return False, "snakemake-executor-plugin-slurm is not installed (pip install it)"
+        return False, "snakemake-executor-plugin-slurm is not installed (pip install -e '.[slurm]')"
     if shutil.which("timeout") is None:
         return False, "coreutils `timeout` not found"
     if "SLURM_JOB_ID" in os.environ:

@@ -4,9 +4,10 @@ Two backends sit behind one :class:`Slide` interface:
 
 * :class:`TiffSlide` for the TIFF family (Aperio SVS, generic tiled or stripped
   TIFF, OME-TIFF with SubIFD pyramids). It decodes the stored tiles directly
-  with tifffile + imagecodecs, which is several times faster than OpenSlide's
-  ``read_region`` and also reads files OpenSlide rejects (strip TIFFs, OME
-  SubIFD pyramids).
+  with tifffile + imagecodecs (JPEG tiles with libjpeg-turbo's TurboJPEG,
+  straight into the output, when libturbojpeg is installed: :mod:`mask_first.jpeg`),
+  which is several times faster than OpenSlide's ``read_region`` and also reads
+  files OpenSlide rejects (strip TIFFs, OME SubIFD pyramids).
 * :class:`OpenSlideSlide` for vendor formats and DICOM through OpenSlide 4.
 
 Conventions used throughout the package
@@ -270,6 +271,14 @@ class _TiffLevelReader:
                 self._jpeg_colorspaces = (None, 2)
             elif page.photometric == 2:  # RGB stored; Aperio writes it without a JFIF marker
                 self._jpeg_colorspaces = (None if page.is_jfif else 2, 2)
+        # with libturbojpeg those segments are decoded straight into a region of the
+        # output whatever its row pitch: a stored tile inside a larger request
+        self._turbo_prefix = None
+        if self._jpeg_colorspaces is not None and self.tiled:
+            from mask_first import jpeg
+
+            if jpeg.available():
+                self._turbo_prefix = jpeg.abbreviated_prefix(self._jpegtables, self._jpeg_colorspaces[0] == 2)
 
     def segment_rows(self, index: int) -> int:
         """Rows of image data in segment ``index`` (a last strip can be short)."""
@@ -313,6 +322,29 @@ class _TiffLevelReader:
         arr = arr.reshape(arr.shape[-3:])
         return _to_rgb(arr)
 
+    def decode_direct(self, index: int, dst: np.ndarray, turbo) -> bool:
+        """Decode full segment ``index`` into ``dst`` (seg_h, seg_w, 3), a view into the output.
+
+        Returns False when this segment cannot be decoded in place (no
+        TurboJPEG and ``dst`` not contiguous, an empty segment, or a TurboJPEG
+        error or warning); the caller then goes through :meth:`decode`, which
+        raises on data that is really corrupt.
+        """
+        count = int(self.counts[index])
+        if count == 0:
+            return False
+        if turbo is not None and self._turbo_prefix is not None:
+            data = os.pread(self.fd, count, int(self.offsets[index]))
+            if data[:2] != b"\xff\xd8":
+                return False
+            return turbo.decode_into(self._turbo_prefix + data[2:], dst) is None
+        if self._jpeg_colorspaces is not None and dst.flags.c_contiguous:
+            seg = self.decode(index, dst)
+            if not np.may_share_memory(seg, dst):
+                dst[...] = seg
+            return True
+        return False
+
     def _corrupt(self, index: int, exc: Exception) -> "SlideError":
         j, i = divmod(index, self.n_x)
         return SlideError(
@@ -329,7 +361,8 @@ class _TiffLevelReader:
             Row-major segment index -> indices of the requests overlapping it,
             segments in file order.
         direct : dict of int -> int
-            Segments that are exactly one request (decoded straight into it).
+            Segments lying wholly inside the image and inside a request: the
+            first such request, where the segment can be decoded in place.
         partial : list of int
             Requests reaching outside the image (pre-filled white).
         """
@@ -339,23 +372,21 @@ class _TiffLevelReader:
         W, H, sw, sh, nx = self.width, self.height, self.seg_w, self.seg_h, self.n_x
         for k, (x, y) in enumerate(zip(xs, ys)):
             x1, y1 = x + width, y + height
-            inside = x >= 0 and y >= 0 and x1 <= W and y1 <= H
-            if not inside:
+            if not (x >= 0 and y >= 0 and x1 <= W and y1 <= H):
                 partial.append(k)
             cx0, cy0, cx1, cy1 = max(x, 0), max(y, 0), min(x1, W), min(y1, H)
             if cx0 >= cx1 or cy0 >= cy1:
                 continue
             i0, i1 = cx0 // sw, (cx1 - 1) // sw
             j0, j1 = cy0 // sh, (cy1 - 1) // sh
-            if inside and i0 == i1 and j0 == j1 and width == sw and height == sh and x == i0 * sw and y == j0 * sh:
-                s = j0 * nx + i0
-                if s not in segments:
-                    direct[s] = k
             for j in range(j0, j1 + 1):
+                sy0 = j * sh
+                rows_in = sy0 >= y and sy0 + sh <= min(y1, H)
                 for i in range(i0, i1 + 1):
-                    segments.setdefault(j * nx + i, []).append(k)
-        # a segment shared by several requests goes through the scratch buffer
-        direct = {s: k for s, k in direct.items() if len(segments[s]) == 1}
+                    s = j * nx + i
+                    segments.setdefault(s, []).append(k)
+                    if rows_in and s not in direct and i * sw >= x and (i + 1) * sw <= min(x1, W):
+                        direct[s] = k
         return dict(sorted(segments.items())), direct, partial
 
     def paste(self, index: int, seg: np.ndarray, x: int, y: int, out: np.ndarray) -> None:
@@ -381,30 +412,43 @@ class _TiffLevelReader:
         order = list(segments)
         if not order:
             return
-        if not out.flags.c_contiguous:  # libjpeg needs contiguous rows: go through the scratch buffer
-            direct = {}
+        sw, sh, nx = self.seg_w, self.seg_h, self.n_x
 
         def work(chunk: list[int]) -> None:
-            scratch = np.empty((self.seg_h, self.seg_w, 3), np.uint8)
-            for s in chunk:
-                k = direct.get(s)
-                if k is not None:
-                    dst = out[k]
-                    seg = self.decode(s, dst)
-                    if not np.may_share_memory(seg, dst):  # codec without out=: copy in
-                        dst[...] = seg
-                    continue
-                seg = self.decode(s, scratch)
-                for k in segments[s]:
-                    self.paste(s, seg, xs[k], ys[k], out[k])
+            from mask_first import jpeg
+
+            scratch = np.empty((sh, sw, 3), np.uint8)
+            turbo = jpeg.decoder() if self._turbo_prefix is not None else None
+            try:
+                for s in chunk:
+                    k0 = direct.get(s)
+                    seg = None
+                    if k0 is not None:
+                        j, i = divmod(s, nx)
+                        dy, dx = j * sh - ys[k0], i * sw - xs[k0]
+                        dst = out[k0][dy : dy + sh, dx : dx + sw]
+                        if dst.strides[1:] == (3, 1) and self.decode_direct(s, dst, turbo):
+                            seg = dst
+                    if seg is None:
+                        k0 = None
+                        if not self.decode_direct(s, scratch, turbo):  # the faster decoder, when there
+                            seg = self.decode(s, scratch)
+                        else:
+                            seg = scratch
+                    for k in segments[s]:
+                        if k != k0:  # other requests sharing the segment copy their part of it
+                            self.paste(s, seg, xs[k], ys[k], out[k])
+            finally:
+                if turbo is not None:
+                    turbo.close()
 
         n = min(threads, len(order))
         if n <= 1:
             work(order)
             return
         # contiguous chunks keep each thread's reads sequential in the file;
-        # imagecodecs releases the GIL while decoding, and different segments
-        # write disjoint pixels of the output, so threads never collide
+        # the decoders release the GIL, and different segments write disjoint
+        # pixels of the output, so threads never collide
         bounds = np.linspace(0, len(order), n + 1).astype(int)
         with ThreadPoolExecutor(n) as pool:
             for f in [pool.submit(work, order[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]:

@@ -27,6 +27,19 @@ def skip_or_fail(reason: str) -> None:
     pytest.skip(reason)
 
 
+@pytest.fixture(params=["turbojpeg", "imagecodecs"])
+def jpeg_decoder(request, monkeypatch):
+    """Run the test with each JPEG path of the TIFF reader: TurboJPEG in place, imagecodecs + copy."""
+    from mask_first import jpeg
+
+    if request.param == "turbojpeg":
+        if not jpeg.available():
+            skip_or_fail("libturbojpeg not found (apt install libturbojpeg0): the in-place JPEG path is untested")
+    else:
+        monkeypatch.setattr(jpeg, "available", lambda: False)
+    return request.param
+
+
 def shared_slides_reason() -> str | None:
     """Why the real slides cannot be used, or None when they are there."""
     if not (SHARED_SLIDES / "CMU-1-Small-Region.svs").exists():

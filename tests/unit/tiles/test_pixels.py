@@ -26,7 +26,7 @@ from mask_first.tiles import (
         "wsi2dcm_bone_jpeg2000.dcm",
     ],
 )
-def test_tiles_match_openslide_read_region_on_white(shared_slides, name):
+def test_tiles_match_openslide_read_region_on_white(shared_slides, name, jpeg_decoder):
     path = shared_slides / name
     osr = openslide.OpenSlide(str(path))
     w, h = osr.level_dimensions[0]
@@ -40,6 +40,34 @@ def test_tiles_match_openslide_read_region_on_white(shared_slides, name):
         a = rgba[..., 3:] / 255
         ref = rgba[..., :3] * a + 255 * (1 - a)
         assert np.abs(got[k] - ref).mean() < 1.0, (name, x, y)
+
+
+@pytest.mark.parametrize("name", ["CMU-1-Small-Region.svs", "CMU-1-Small-Region_generic-pyramid_jpeg.tif"])
+def test_stored_tiles_decoded_in_place_equal_the_copied_path_and_openslide(shared_slides, name, monkeypatch):
+    from mask_first import jpeg
+    from mask_first.slides import open_slide
+
+    if not jpeg.available():
+        from conftest import skip_or_fail
+
+        skip_or_fail("libturbojpeg not found (apt install libturbojpeg0)")
+    path = shared_slides / name
+    with open_slide(path, MPP_OVERRIDES.get(name), require_mpp=False) as s:
+        seg = s.stored_tile_size(0)[0]
+        w, h = s.level_dimensions[0]
+    # requests of 2 x 2 stored tiles on the stored grid (the Aperio file: RGB-coded JPEG,
+    # shared JPEGTables): every stored tile is decoded into its quadrant in place
+    xs, ys = np.meshgrid(np.arange(0, w - 2 * seg + 1, 2 * seg), np.arange(0, h - 2 * seg + 1, 2 * seg))
+    xs, ys = xs.ravel(), ys.ravel()
+    in_place = read_slide_tiles(path, xs, ys, 2 * seg, 2 * seg, 0, mpp_override=MPP_OVERRIDES.get(name))
+    monkeypatch.setattr(jpeg, "available", lambda: False)
+    copied = read_slide_tiles(path, xs, ys, 2 * seg, 2 * seg, 0, mpp_override=MPP_OVERRIDES.get(name))
+    np.testing.assert_array_equal(in_place, copied)
+    osr = openslide.OpenSlide(str(path))
+    for k in range(0, len(xs), 3):
+        rgb = np.asarray(osr.read_region((int(xs[k]), int(ys[k])), 0, (2 * seg, 2 * seg)))[..., :3]
+        assert np.abs(in_place[k].astype(int) - rgb).mean() < 0.5
+    osr.close()
 
 
 def test_iterator_batches_equal_the_full_read(small_tiff):
@@ -257,7 +285,7 @@ def _crop(level_img, x, y, w, h):
         ("misaligned overlapping, past the edge", 100, 70, -13),
     ],
 )
-def test_batch_reads_equal_tifffile_level_decode(jpeg_pyramid, geometry, size, stride, offset, threads):
+def test_batch_reads_equal_tifffile_level_decode(jpeg_pyramid, geometry, size, stride, offset, threads, jpeg_decoder):
     path, levels = jpeg_pyramid
     compared = 0
     for level in range(3):
@@ -275,8 +303,16 @@ def test_every_stored_tile_is_decoded_once_per_batch(jpeg_pyramid, monkeypatch):
 
     path, _ = jpeg_pyramid
     decoded = []
-    orig = _TiffLevelReader.decode
+    orig, orig_direct = _TiffLevelReader.decode, _TiffLevelReader.decode_direct
+
+    def direct(self, i, dst, turbo):  # decoded in place (TurboJPEG) counts as well
+        ok = orig_direct(self, i, dst, turbo)
+        if ok and turbo is not None:
+            decoded.append(i)
+        return ok
+
     monkeypatch.setattr(_TiffLevelReader, "decode", lambda self, i, buf: decoded.append(i) or orig(self, i, buf))
+    monkeypatch.setattr(_TiffLevelReader, "decode_direct", direct)
     tiles = grid_tiles((900, 700), 128, 64, last="drop") + 5  # each stored tile in up to 9 requests
     with open_slide(path) as s:
         read_slide_tiles(s, tiles[:, 0], tiles[:, 1], 128, 128, 0)

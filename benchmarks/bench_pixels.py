@@ -6,7 +6,9 @@ The slide is a JPEG pyramidal TIFF in 256-px stored tiles (synthetic unless
 ``--slide`` names one). For each geometry the same requested tiles (every 3rd
 of the grid, a "retained" subset) are read by
 
-* ours: ``read_slide_tiles`` (threads=1 and threads=2),
+* ours: ``read_slide_tiles`` (threads=1 and threads=2; JPEG tiles through
+  libturbojpeg in place when it is installed),
+* ic: ours with libturbojpeg hidden (imagecodecs into a buffer + copy),
 * the ceiling: tifffile + imagecodecs decoding exactly the stored tiles those
   requests cover (``page.decode``), one thread, nothing else,
 * OpenSlide ``read_region`` of the same regions (no resampling on its side).
@@ -18,6 +20,7 @@ machine even when absolute MP/s move. MP/s counts delivered pixels.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -68,13 +71,29 @@ def openslide_reads(path: Path, tiles: np.ndarray, size: int) -> None:
     osr.close()
 
 
+@contextlib.contextmanager
+def _without_turbojpeg():
+    """The reader's imagecodecs path (decode into a buffer, then copy), for comparison."""
+    from mask_first import jpeg
+
+    saved = jpeg.available
+    jpeg.available = lambda: False
+    try:
+        yield
+    finally:
+        jpeg.available = saved
+
+
 def bench_reads(path: Path, repeats: int) -> np.ndarray:
     with open_slide(path) as s:
         seg, seg_h = s.stored_tile_size(0)
         width, height = s.level_dimensions[0]
     print(f"slide {path.name}: level 0 {width}x{height}, stored tiles {seg}x{seg_h}")
-    print(f"{'geometry':40s} {'tiles':>5s} {'stored':>6s} {'ours':>6s} {'ours2t':>6s} {'ceil':>6s} {'OS':>6s} "
-          f"{'ours/ceil':>9s} {'2t/ceil':>7s} {'ours/OS':>7s}   (MP/s of delivered pixels)")
+    from mask_first import jpeg
+
+    print(f"libturbojpeg: {'in use' if jpeg.available() else 'not found (ours = the imagecodecs path)'}")
+    print(f"{'geometry':40s} {'tiles':>5s} {'stored':>6s} {'ours':>6s} {'ours2t':>6s} {'ic':>6s} {'ceil':>6s} {'OS':>6s} "
+          f"{'ours/ceil':>9s} {'2t/ceil':>7s} {'ic/ceil':>7s} {'ours/OS':>7s}   (MP/s of delivered pixels)")
     keep = None
     for name, region, stride, offset, out in [
         ("exact (256 = one stored tile)", 256, 256, 0, 256),
@@ -89,19 +108,41 @@ def bench_reads(path: Path, repeats: int) -> np.ndarray:
         segs = stored_tiles_for(tiles, region, seg, width, height)
         rs = None if out == region else (out, out)
         mp = len(tiles) * out * out / 1e6
+        def no_turbo():
+            with _without_turbojpeg():
+                read_slide_tiles(path, tiles[:, 0], tiles[:, 1], region, region, 0, resample_to=rs)
+
         t = interleaved_best({
             "ours": lambda: read_slide_tiles(path, tiles[:, 0], tiles[:, 1], region, region, 0, resample_to=rs),
+            "ic": no_turbo,
             "ours2": lambda: read_slide_tiles(path, tiles[:, 0], tiles[:, 1], region, region, 0, resample_to=rs,
                                               threads=2),
             "ceil": lambda: decode_ceiling(path, segs),
             "os": lambda: openslide_reads(path, tiles, region),
         }, repeats)
-        t1, t2, tc, to = t["ours"], t["ours2"], t["ceil"], t["os"]
-        print(f"{name:40s} {len(tiles):5d} {len(segs):6d} {mp / t1:6.0f} {mp / t2:6.0f} {mp / tc:6.0f} {mp / to:6.0f} "
-              f"{tc / t1:9.2f} {tc / t2:7.2f} {to / t1:7.2f}")
+        t1, t2, tc, to, ti = t["ours"], t["ours2"], t["ceil"], t["os"], t["ic"]
+        print(f"{name:40s} {len(tiles):5d} {len(segs):6d} {mp / t1:6.0f} {mp / t2:6.0f} {mp / ti:6.0f} {mp / tc:6.0f} "
+              f"{mp / to:6.0f} {tc / t1:9.2f} {tc / t2:7.2f} {tc / ti:7.2f} {to / t1:7.2f}")
         if region == 512 and offset == 0 and stride == 512 and rs is None:
             keep = tiles
     return keep
+
+
+def _real_tissue_tiles(n_max: int = 64) -> np.ndarray | None:
+    """512-px tissue tiles (grey std > 8) of the real H&E slides in ../shared, or None without them."""
+    from mask_first.tiles.pixels import tile_pixel_std
+
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "slides"
+    found = []
+    for name in ("CMU-1-Small-Region.svs", "tcga-cr-7395-01a-01-ts1.svs"):
+        if not (shared / name).exists():
+            return None
+        with open_slide(shared / name, require_mpp=False) as s:
+            w, h = s.level_dimensions[0]
+            xs, ys = np.meshgrid(np.arange(0, w - 511, 512), np.arange(0, h - 511, 512))
+            px = read_slide_tiles(s, xs.ravel(), ys.ravel(), 512, 512, 0)
+        found.append(px[tile_pixel_std(px) > 8])
+    return np.concatenate(found)[:n_max]
 
 
 def bench_writes(path: Path, tiles: np.ndarray, repeats: int, tmp: Path) -> None:
@@ -109,35 +150,35 @@ def bench_writes(path: Path, tiles: np.ndarray, repeats: int, tmp: Path) -> None
     mb = px.nbytes / 1e6
     t_read = best_of(lambda: read_slide_tiles(path, tiles[:, 0], tiles[:, 1], 512, 512, 0), repeats)
     print(f"\nwrite path: {len(tiles)} tiles of 512 px = {mb:.0f} MB raw; decoding them takes {t_read:.2f} s")
-    print(f"{'store':52s} {'s':>6s} {'MB/s':>6s} {'file MB':>7s}")
+    print(f"{'write_tile_pixels (decode + store), synthetic slide':52s} {'s':>6s} {'MB/s':>6s} {'file MB':>7s}")
     out = tmp / "w.parquet"
-
-    def arrow(**kw):
-        def run():
-            arr = pa.array([t.tobytes() for t in px], pa.binary())
-            tab = pa.table({"x": tiles[:, 0], "pixels": arr})
-            with pq.ParquetWriter(out, tab.schema, **kw) as w:
-                for a in range(0, len(tab), 256):
-                    w.write_table(tab.slice(a, 256))
-        return run
-
-    cases = [
-        ("before: zstd, dictionary + statistics on pixels", arrow(compression="zstd")),
-        ("zstd 3, no dictionary/statistics", arrow(compression="zstd", compression_level=3,
-                                                   use_dictionary=["x"], write_statistics=["x"])),
-        ("uncompressed", arrow(compression="none", use_dictionary=["x"], write_statistics=["x"])),
-    ]
-    for name, fn in cases:
-        t = best_of(fn, repeats)
-        print(f"{name:52s} {t:6.2f} {mb / t:6.0f} {out.stat().st_size / 1e6:7.0f}")
     meta = {"x": tiles[:, 0], "y": tiles[:, 1]}
-    for enc in ("raw", "jpeg"):
+    for enc, codec in [("raw", "none"), ("raw", "snappy"), ("raw", "lz4"), ("raw", "zstd"), ("jpeg", "none")]:
         t = best_of(lambda: write_tile_pixels(out, path, meta, level=0, tile_extent_x=512, tile_extent_y=512,
-                                              encoding=enc), repeats)
-        label = "write_tile_pixels raw (zstd 1, zero-copy), incl. decode" if enc == "raw" else \
-            "write_tile_pixels jpeg q90, incl. decode"
-        print(f"{label:52s} {t:6.2f} {mb / t:6.0f} {out.stat().st_size / 1e6:7.0f}"
-              f"   store alone ~{mb / max(t - t_read, 1e-9):.0f} MB/s")
+                                              encoding=enc, compression=codec), repeats)
+        label = f"raw, {codec}" if enc == "raw" else "jpeg q90"
+        print(f"{label:52s} {t:6.2f} {mb / t:6.0f} {out.stat().st_size / 1e6:7.0f}")
+
+    real = _real_tissue_tiles()
+    if real is None:
+        print("(no ../shared slides: the real-tissue codec table is skipped)")
+        return
+    rmb = real.nbytes / 1e6
+    print(f"\nParquet codecs of the pixel column on {len(real)} real H&E tissue tiles of 512 px "
+          f"({rmb:.0f} MB, CMU-1-Small-Region + TCGA), store only:")
+    print(f"{'codec':12s} {'MB/s':>6s} {'smaller than raw':>17s}")
+    for codec in ("none", "snappy", "lz4", "zstd"):
+        def store():
+            with pq.ParquetWriter(out, pa.schema([("pixels", pa.binary())]), compression=codec,
+                                  use_dictionary=False, write_statistics=False,
+                                  **({"compression_level": 1} if codec == "zstd" else {})) as w:
+                for a in range(0, len(real), 16):
+                    chunk = real[a : a + 16]
+                    offsets = np.arange(len(chunk) + 1, dtype=np.int32) * chunk[0].nbytes
+                    w.write_table(pa.table({"pixels": pa.Array.from_buffers(
+                        pa.binary(), len(chunk), [None, pa.py_buffer(offsets), pa.py_buffer(chunk.reshape(-1))])}))
+        t = best_of(store, repeats)
+        print(f"{codec:12s} {rmb / t:6.0f} {real.nbytes / out.stat().st_size:16.2f}x")
 
 
 def main() -> None:

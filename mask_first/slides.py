@@ -167,6 +167,17 @@ class Slide:
         """
         raise NotImplementedError
 
+    def stored_jpeg(self, level: int, xs: np.ndarray, ys: np.ndarray, width: int, height: int) -> list:
+        """The stored JPEG stream of each request that is exactly one stored tile, else None.
+
+        A request qualifies when its region, in pixels of ``level``, is one
+        whole stored JPEG tile inside the image; its stream is made complete
+        (the page's JPEGTables, an Adobe RGB marker for RGB-coded tiles), so
+        any JPEG decoder gives the pixels :meth:`read_regions_into` gives.
+        This base class (OpenSlide's formats) has none.
+        """
+        return [None] * len(xs)
+
     def read_resampled_into(
         self,
         level: int,
@@ -344,6 +355,27 @@ class _TiffLevelReader:
                 dst[...] = seg
             return True
         return False
+
+    def stored_jpeg(self, xs, ys, width: int, height: int) -> list:
+        """Complete JPEG streams of requests that are exactly a stored tile; see ``Slide.stored_jpeg``."""
+        out: list = [None] * len(xs)
+        if self._jpeg_colorspaces is None or not self.tiled or (width, height) != (self.seg_w, self.seg_h):
+            return out
+        from mask_first.jpeg import abbreviated_prefix
+
+        prefix = abbreviated_prefix(self._jpegtables, self._jpeg_colorspaces[0] == 2)
+        sw, sh = self.seg_w, self.seg_h
+        for k, (x, y) in enumerate(zip(np.asarray(xs).tolist(), np.asarray(ys).tolist())):
+            if x % sw or y % sh or x < 0 or y < 0 or x + sw > self.width or y + sh > self.height:
+                continue
+            index = (y // sh) * self.n_x + x // sw
+            count = int(self.counts[index])
+            if count == 0:
+                continue
+            data = os.pread(self.fd, count, int(self.offsets[index]))
+            if data[:2] == b"\xff\xd8":  # anything else goes through the decoder, which names the damage
+                out[k] = prefix + data[2:]
+        return out
 
     def _corrupt(self, index: int, exc: Exception) -> "SlideError":
         j, i = divmod(index, self.n_x)
@@ -538,6 +570,9 @@ class TiffSlide(Slide):
 
     def read_regions_into(self, level, xs, ys, width, height, out, threads: int = 1) -> None:
         self._readers[level].read_into(xs, ys, width, height, out, threads=threads)
+
+    def stored_jpeg(self, level, xs, ys, width, height) -> list:
+        return self._readers[level].stored_jpeg(xs, ys, width, height)
 
     def close(self) -> None:
         if getattr(self, "_fd", None) is not None:

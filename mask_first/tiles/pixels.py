@@ -301,7 +301,10 @@ def write_tile_pixels(
     encoding : {"raw", "jpeg"}
         ``"raw"`` stores the uint8 (H, W, 3) bytes losslessly; ``"jpeg"``
         stores baseline JPEG at ``jpeg_quality``, several times smaller but lossy.
-    compression : {"snappy", "none", "lz4", "zstd"}
+        With ``"jpeg"``, a tile that is exactly one stored JPEG tile of the
+        slide (aligned, same size, no resampling) keeps the scanner's stream:
+        no decoding, no second loss (see :func:`_jpeg_batches`).
+    compression : {"none", "snappy", "lz4", "zstd"}
         Parquet codec of the pixel column (lossless; see
         :data:`PIXEL_COMPRESSIONS` for measured ratios and speeds); zstd runs
         at level 1. JPEG bytes are stored as they are.
@@ -311,7 +314,7 @@ def write_tile_pixels(
         A tile whose stored data cannot be decoded (:class:`~mask_first.slides.SlideError`):
         ``"fail"`` raises; ``"skip"`` leaves it out (see :func:`_read_batches`).
         The file's key-value metadata ``mask_first.stats`` records ``tiles_requested``,
-        ``tiles_written``, ``tiles_skipped`` and ``skipped`` (``tile_id``, ``x``,
+        ``tiles_written``, ``tiles_skipped``, ``tiles_passed_through`` and ``skipped`` (``tile_id``, ``x``,
         ``y``, ``error`` of each). Progress (tiles done / total, MB written)
         goes to the ``mask_first`` logger.
 
@@ -364,6 +367,7 @@ def write_tile_pixels(
         small = [f.name for f in schema if f.name != "pixels"]
 
         skipped: list[dict] = []
+        counts = {"passed_through": 0}
         written = 0
         with atomic_path(out_path) as tmp:
             progress = _Progress(n, tmp)
@@ -388,16 +392,26 @@ def write_tile_pixels(
                         chunk = meta.take(pa.array(rows, pa.int64()))
                     for name, value in constants.items():
                         chunk = chunk.append_column(name, pa.array([value.as_py()] * len(rows), value.type))
-                    pixels = pa.array([], pa.binary()) if batch is None else _encode(batch, encoding, jpeg_quality)
+                    if batch is None:
+                        pixels = pa.array([], pa.binary())
+                    elif isinstance(batch, list):  # JPEG streams already
+                        pixels = pa.array(batch, pa.binary())
+                    else:
+                        pixels = _encode(batch, encoding, jpeg_quality)
                     writer.write_table(chunk.append_column("pixels", pixels))
 
                 if n == 0:
                     write(np.zeros(0, np.int64), None)
-                for rows, batch in _read_batches(
-                    slide, xs, ys, tile_extent_x, tile_extent_y, level, batch_size=row_group_tiles,
-                    threads=threads, resample_to=(out_w, out_h), corrupt_tiles=corrupt_tiles, skipped=skipped,
-                    buffers=2,
-                ):
+                if encoding == "jpeg" and (out_w, out_h) == (tile_extent_x, tile_extent_y):
+                    batches = _jpeg_batches(slide, xs, ys, tile_extent_x, tile_extent_y, level,
+                                            batch_size=row_group_tiles, threads=threads, quality=jpeg_quality,
+                                            corrupt_tiles=corrupt_tiles, skipped=skipped, counts=counts)
+                else:
+                    batches = _read_batches(slide, xs, ys, tile_extent_x, tile_extent_y, level,
+                                            batch_size=row_group_tiles, threads=threads,
+                                            resample_to=(out_w, out_h), corrupt_tiles=corrupt_tiles,
+                                            skipped=skipped, buffers=2)
+                for rows, batch in batches:
                     if pending is not None:
                         pending.result()  # frees the buffer the next batch is decoded into
                     pending = pool.submit(write, rows, batch)
@@ -413,7 +427,7 @@ def write_tile_pixels(
                 # known only now, so in the footer's key-value metadata (pq.read_metadata(path).metadata)
                 writer.add_key_value_metadata({"mask_first.stats": json.dumps(
                     {"tiles_requested": n, "tiles_written": written, "tiles_skipped": len(skipped),
-                     "skipped": skipped})})
+                     "tiles_passed_through": counts["passed_through"], "skipped": skipped})})
             finally:
                 if pending is not None:  # an error while reading: let the write finish before closing
                     pending.exception()
@@ -455,6 +469,39 @@ class _Progress:
     def done(self, written: int) -> None:
         log.info("pixels: %d / %d tiles written, %.1f MB, %.1f s", written, self.total, self._mb(),
                  self.clock() - self.t0)
+
+
+def _jpeg_batches(slide: Slide, xs, ys, tile_extent_x: int, tile_extent_y: int, level: int, *, batch_size: int,
+                  threads: int, quality: int, corrupt_tiles: str, skipped: list,
+                  counts: dict) -> Iterator[tuple[np.ndarray, list]]:
+    """Batches of JPEG streams: a tile that is exactly a stored JPEG tile keeps its stored bytes.
+
+    Passing the scanner's stream through costs no decoding and no encoding, and
+    loses nothing: it decodes to exactly the pixels of the slide, where decoding
+    and encoding again at ``quality`` would add a second loss. Other tiles are
+    decoded (``corrupt_tiles`` applies to them) and encoded at ``quality``.
+    ``counts["passed_through"]`` counts the stored streams used.
+    """
+    import imagecodecs
+
+    for start in range(0, len(xs), batch_size):
+        stop = min(start + batch_size, len(xs))
+        streams = slide.stored_jpeg(level, xs[start:stop], ys[start:stop], tile_extent_x, tile_extent_y)
+        need = np.flatnonzero([b is None for b in streams])
+        counts["passed_through"] += len(streams) - len(need)
+        if len(need):
+            local: list[dict] = []
+            for rows, batch in _read_batches(slide, xs[start:stop][need], ys[start:stop][need], tile_extent_x,
+                                             tile_extent_y, level, batch_size=len(need), threads=threads,
+                                             resample_to=None, corrupt_tiles=corrupt_tiles, skipped=local):
+                for r, tile in zip(rows.tolist(), batch):
+                    streams[need[r]] = bytes(imagecodecs.jpeg8_encode(tile, level=quality))
+            for t in local:  # rows of the decoded subset -> rows of the whole request
+                t["row"] = start + int(need[t["row"]])
+                skipped.append(t)
+        kept = [i for i, b in enumerate(streams) if b is not None]
+        if kept:
+            yield np.asarray(kept, np.int64) + start, [streams[i] for i in kept]
 
 
 def _read_batches(slide: Slide, xs, ys, tile_extent_x: int, tile_extent_y: int, level: int, *,

@@ -67,3 +67,23 @@ def test_skip_leaves_out_only_the_unreadable_tiles_and_names_them(corrupt_slide,
     text = caplog.text
     assert "4 corrupt tile(s) skipped" in text and "tile 110 at x=256 y=256" in text
     assert "pixels: 12 / 16 tiles written" in text  # progress line
+
+
+@pytest.mark.parametrize("corrupt_tiles", ["fail", "skip"])
+def test_jpeg_passthrough_still_catches_the_damaged_stored_tile(corrupt_slide, tmp_path, corrupt_tiles):
+    path, _ = corrupt_slide
+    # 256-px tiles on the 256-px stored grid: all but the zeroed one keep their stored stream
+    xs, ys = np.meshgrid(np.arange(0, 1024, 256), np.arange(0, 1024, 256))
+    tiles = {"tile_id": np.arange(16), "x": xs.ravel(), "y": ys.ravel()}
+    out = tmp_path / "px.parquet"
+    if corrupt_tiles == "fail":
+        with pytest.raises(SlideError, match="corrupt image data in level 0 at stored tile"):
+            write_tile_pixels(out, path, tiles, level=0, tile_extent_x=256, tile_extent_y=256, encoding="jpeg")
+        assert not out.exists()
+        return
+    n = write_tile_pixels(out, path, tiles, level=0, tile_extent_x=256, tile_extent_y=256, encoding="jpeg",
+                          corrupt_tiles="skip", row_group_tiles=4)
+    stats = json.loads(pq.read_metadata(out).metadata[b"mask_first.stats"])
+    assert n == 15 and stats["tiles_passed_through"] == 15
+    assert [(t["tile_id"], t["x"], t["y"]) for t in stats["skipped"]] == [(5, 256, 256)]
+    assert [r["tile_id"] for r, _ in load_tile_pixels(out)] == [t for t in range(16) if t != 5]

@@ -403,3 +403,41 @@ def test_pixels_step_delivers_the_target_mpp_unless_resample_is_off(tmp_path, jp
         native = _crop(levels[0], meta["x"], meta["y"], 96, 96)
         ref = area_average(native, 64, 64) if resample else native
         assert np.abs(px - ref).max() <= 1.0
+
+
+@pytest.mark.parametrize("name", ["CMU-1-Small-Region.svs", "CMU-1-Small-Region_generic-pyramid_jpeg.tif"])
+def test_jpeg_tiles_that_are_stored_tiles_keep_the_scanners_stream(shared_slides, tmp_path, name):
+    import json
+
+    import imagecodecs
+    import pyarrow.parquet as pq
+    import tifffile
+
+    path = shared_slides / name
+    with tifffile.TiffFile(path) as tf:
+        page = tf.series[0].levels[0].keyframe
+        seg, (h, w) = page.tilewidth, page.shape[:2]
+        offsets, counts = page.dataoffsets, page.databytecounts
+    # stored-grid tiles (passed through), one off the grid and one past the edge (encoded)
+    xs = np.array([0, seg, 2 * seg, 7, (w // seg) * seg])
+    ys = np.array([0, seg, 0, 5, 0])
+    out = tmp_path / "px.parquet"
+    n = write_tile_pixels(out, path, {"x": xs, "y": ys}, level=0, tile_extent_x=seg, tile_extent_y=seg,
+                          encoding="jpeg", mpp_override=MPP_OVERRIDES.get(name), row_group_tiles=2)
+    assert n == 5
+    stats = json.loads(pq.read_metadata(out).metadata[b"mask_first.stats"])
+    assert stats["tiles_passed_through"] == 3
+    streams = pq.read_table(out).column("pixels").to_pylist()
+    native = read_slide_tiles(path, xs, ys, seg, seg, 0, mpp_override=MPP_OVERRIDES.get(name))
+    for k in range(3):
+        index = (ys[k] // seg) * -(-w // seg) + xs[k] // seg
+        with open(path, "rb") as f:
+            f.seek(offsets[index])
+            stored = f.read(counts[index])
+        assert streams[k].endswith(stored[2:])  # the scanner's entropy-coded data, untouched
+        # decoded by a plain JPEG decoder, no hints: exactly the slide's pixels
+        np.testing.assert_array_equal(imagecodecs.jpeg8_decode(streams[k]), native[k])
+    for k in (3, 4):  # re-encoded at jpeg_quality: close, not equal
+        assert np.abs(imagecodecs.jpeg8_decode(streams[k]).astype(float) - native[k]).mean() < 3
+    for (row, arr), k in zip(load_tile_pixels(out), range(5)):
+        assert (row["x"], row["y"]) == (xs[k], ys[k]) and arr.shape == (seg, seg, 3)

@@ -159,6 +159,32 @@ def bench_writes(path: Path, tiles: np.ndarray, repeats: int, tmp: Path) -> None
         label = f"raw, {codec}" if enc == "raw" else "jpeg q90"
         print(f"{label:52s} {t:6.2f} {mb / t:6.0f} {out.stat().st_size / 1e6:7.0f}")
 
+    # 256-px tiles on the stored grid: jpeg keeps the stored streams (no decode, no encode)
+    from mask_first.slides import TiffSlide
+
+    exact = grid_tiles((8192, 8192), 256, 256, last="drop")[::3]
+    emeta = {"x": exact[:, 0], "y": exact[:, 1]}
+    emb = len(exact) * 256 * 256 * 3 / 1e6
+
+    def jpeg_write():
+        write_tile_pixels(out, path, emeta, level=0, tile_extent_x=256, tile_extent_y=256, encoding="jpeg")
+
+    def reencode():
+        saved = TiffSlide.stored_jpeg
+        TiffSlide.stored_jpeg = lambda self, level, xs, ys, w, h: [None] * len(xs)
+        try:
+            jpeg_write()
+        finally:
+            TiffSlide.stored_jpeg = saved
+
+    t = interleaved_best({"pass": jpeg_write, "re": reencode,
+                          "raw": lambda: write_tile_pixels(out, path, emeta, level=0, tile_extent_x=256,
+                                                           tile_extent_y=256)}, repeats)
+    print(f"\n{len(exact)} tiles of 256 px on the stored grid ({emb:.0f} MB of pixels):")
+    for k, label in (("pass", "jpeg, stored streams passed through"), ("re", "jpeg, decoded + encoded q90"),
+                     ("raw", "raw, none")):
+        print(f"{label:52s} {t[k]:6.2f} {emb / t[k]:6.0f}")
+
     real = _real_tissue_tiles()
     if real is None:
         print("(no ../shared slides: the real-tissue codec table is skipped)")

@@ -27,9 +27,14 @@ from the two sizes, so the level is padded with white (or cropped) to
 ``round(n * f)`` pixels, with ``n`` the first count >= the mask size for which
 ``n * f`` is within 1/64 px of an integer (the extra mask pixels are then cut
 off): the grid is kept to ~1/64 level pixel instead of drifting by up to one
-pixel across the slide. Levels over :data:`STREAM_PIXELS` are read in strips
-and first box-shrunk by the integer part of ``f`` (exact block means), so
-memory stays bounded by a few strips plus the mask-sized result. When the
+pixel across the slide. Levels over :data:`STREAM_PIXELS` (at ``f >= 2``)
+are read in strips and first box-shrunk by the integer part of ``f`` (exact
+block means), so memory stays bounded by a few strips plus the mask-sized
+result; at ``f >= 8`` any level is box-shrunk by ``k = f // 4`` first (a
+block straddling a mask-pixel edge is weighed by area: an error of at most
+``k / f`` of a pixel there), because OpenCV's INTER_AREA is slow at large
+fractional factors. While a strip is shrunk the next one decodes on a second
+thread. When the
 mask is finer than the slide's finest level (``f < 1``, e.g. a 16.8 µm/px
 DICOM at an 8 µm mask), the level is classified at its own resolution and
 each label copied to the mask pixels whose centres it holds.
@@ -87,6 +92,7 @@ from __future__ import annotations
 
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,8 +128,9 @@ INK = 64
 DEBRIS = 32
 #: label value -> name, written into the overlay provenance
 LABELS = {BACKGROUND: "background", TISSUE: "tissue", INK: "ink", DEBRIS: "debris"}
-#: levels with more pixels are read in strips and box-shrunk on the way
+#: levels with more pixels are read in strips and box-shrunk on the way when f >= 2
 STREAM_PIXELS = 1 << 26
+#: rows of a level read at a time when it is box-shrunk on the way
 _STRIP_ROWS = 1024
 
 _COMMON = {
@@ -409,8 +416,9 @@ def _tissue_mask(slide: Slide, mpp: float, method: str, params: dict[str, Any]) 
         rows = np.floor((np.arange(out_h) + 0.5) * mpp / lmy).astype(np.int64)
         cols = np.floor((np.arange(out_w) + 0.5) * mpp / lmx).astype(np.int64)
         mask = np.zeros((out_h, out_w), np.uint8)
-        ok_r, ok_c = rows < lh, cols < lw
-        mask[np.ix_(ok_r, ok_c)] = labels[np.ix_(rows[ok_r], cols[ok_c])]
+        # rows and cols increase, so the ones on the level are a prefix; two 1-D takes, not a 2-D fancy index
+        nr, nc = int(np.count_nonzero(rows < lh)), int(np.count_nonzero(cols < lw))
+        mask[:nr, :nc] = labels.take(rows[:nr], axis=0).take(cols[:nc], axis=1)
         stats["classified_at_level_resolution"] = True
     else:
         rgb = level_on_mask_grid(slide, level, (out_h, out_w), (mpp / lmx, mpp / lmy))
@@ -463,24 +471,52 @@ def level_on_mask_grid(slide: Slide, level: int, shape: tuple[int, int], f: tupl
         Mask pixel ``(i, j)`` is the mean over level pixels
         ``[j fx, (j+1) fx) x [i fy, (i+1) fy)``; outside the level counts as white.
     """
-    lw, lh = slide.level_dimensions[level]
     fx, fy = f
-    k = max(1, int(min(fx, fy)))
-    if lw * lh <= STREAM_PIXELS or k == 1:
+    lw, lh = slide.level_dimensions[level]
+    # Shrinking by k x k blocks first is exact for the blocks but weighs a block that straddles a mask-pixel
+    # edge by area, as if uniform: an error of up to k / f of a mask pixel at edges. So it is used where
+    # f / k >= 4 (OpenCV's fractional INTER_AREA is slow at large factors), or to bound memory on big levels.
+    k = max(1, int(min(fx, fy) // 4))
+    if lw * lh > STREAM_PIXELS:
+        k = max(1, int(min(fx, fy)))
+    if k == 1:
         img = slide.read_level(level)
     else:
-        # exact k x k block means strip by strip, so only strips of the big level are in memory
-        rows = _STRIP_ROWS // k * k or k
-        wk = -(-lw // k) * k
-        parts = []
-        for y0 in range(0, lh, rows):
-            h = min(rows, lh - y0)
-            strip = np.full((-(-h // k) * k, wk, 3), 255, np.uint8)
-            strip[:h, :lw] = slide.read_region(level, 0, y0, lw, h)
-            parts.append(cv2.resize(strip, (wk // k, strip.shape[0] // k), interpolation=cv2.INTER_AREA))
-        img = np.concatenate(parts)
+        img = _box_shrink(slide, level, k)
         fx, fy = fx / k, fy / k
     return _area_resize(img, fx, fy, shape)
+
+
+def _box_shrink(slide: Slide, level: int, k: int) -> np.ndarray:
+    """Exact ``k`` x ``k`` block means of ``level`` (white past its edge), read in strips of rows.
+
+    Only a few strips of the level are in memory at once, and the next strip
+    decodes on a second thread while this one is shrunk (the decoder and
+    OpenCV release the GIL), so the shrink costs little wall time over the decode.
+    """
+    lw, lh = slide.level_dimensions[level]
+    rows = _STRIP_ROWS // k * k or k
+    wk = -(-lw // k) * k
+
+    def read(y0: int) -> np.ndarray:
+        h = min(rows, lh - y0)
+        strip = slide.read_region(level, 0, y0, lw, h)
+        if h % k or lw % k:
+            padded = np.full((-(-h // k) * k, wk, 3), 255, np.uint8)
+            padded[:h, :lw] = strip
+            strip = padded
+        return strip
+
+    parts = []
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(read, 0)
+        for y0 in range(0, lh, rows):
+            strip = pending.result()
+            if y0 + rows < lh:
+                pending = pool.submit(read, y0 + rows)
+            # an integer factor takes OpenCV's exact block-mean path of INTER_AREA
+            parts.append(cv2.resize(strip, (wk // k, strip.shape[0] // k), interpolation=cv2.INTER_AREA))
+    return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
 def _grid_count(n: int, f: float) -> int:
@@ -661,23 +697,36 @@ def _saturation_threshold(hist: np.ndarray, p: dict[str, Any]) -> tuple[int, dic
 OD_SCALE = 100
 
 
+#: slide statistics (white point, stain colour) are taken on a grid of about this many pixels
+_SAMPLE = 50_000
+
+
+def _sample_step(n: int, factor: int = 1) -> int:
+    """Stride along both axes that leaves about ``factor * _SAMPLE`` of ``n`` pixels."""
+    return max(1, math.isqrt(n // (factor * _SAMPLE)))
+
+
 def _od_labels(
     rgb: np.ndarray, mpp: float, p: dict[str, Any], inner: tuple[slice, slice]
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Background / tissue / ink / debris labels from optical density (see the module docstring)."""
     # white point: per-channel median of the brightest tenth of the pixels (robust to JPEG ringing)
-    flat = rgb[inner].reshape(-1, 3)
-    flat = flat[:: max(1, flat.shape[0] // 200_000)]
-    grey = flat.astype(np.uint16).sum(axis=1)
+    # on a grid of about _SAMPLE pixels (a strided view: no copy of the image)
+    region = rgb[inner]
+    step = _sample_step(region.shape[0] * region.shape[1])
+    r, g, b = (np.ascontiguousarray(region[::step, ::step, c]).ravel() for c in range(3))
+    grey = r.astype(np.uint16) + g + b
     # pure white (>= 254 everywhere) is fill around a cut-down or stitched image, not glass
-    glassy = flat[(grey >= np.percentile(grey, 90)) & (flat.min(axis=1) < 254)]
-    white = np.clip(np.median(glassy, axis=0), 200, 255) if len(glassy) else np.full(3, 255.0)
+    glassy = (grey >= np.percentile(grey, 90)) & (np.minimum(np.minimum(r, g), b) < 254)
+    white = np.array([np.median(c[glassy]) for c in (r, g, b)]) if glassy.any() else np.full(3, 255.0)
+    white = np.clip(white, 200, 255)
     # OD per channel by lookup, log10(I0 / I) with I >= 1, 0 for pixels brighter than the white point
     levels = np.maximum(np.arange(256, dtype=np.float64), 1)
     lut = np.stack([np.clip(np.rint(OD_SCALE * np.log10(w / levels)), 0, 255) for w in white], axis=1)
     od = cv2.LUT(rgb, lut.astype(np.uint8).reshape(256, 1, 3))  # (H, W, 3) uint8
     density = cv2.transform(od, np.full((1, 3), 1 / 3, np.float32))  # mean over R, G, B, uint8
-    threshold, stats = _od_threshold(density[inner], p)
+    step = _sample_step(density[inner].size, 16)
+    threshold, stats = _od_threshold(density[inner][::step, ::step], p)
     stats["white_point"] = [round(float(v), 1) for v in white]
     tissue = density >= round(threshold * OD_SCALE)
     ink = np.zeros(tissue.shape, bool)
@@ -720,13 +769,15 @@ def _debris(tissue: np.ndarray, od: np.ndarray, mpp: float, p: dict[str, Any]) -
     small[0] = False
     if not small.any():
         return np.zeros(tissue.shape, bool)
+    # one gather over the image; everything after it on the small components' pixels only
     inside = small[labels]
     lab = labels[inside]
-    vec = od[inside].astype(np.float64)
+    vec = od[inside]
     mean_od = np.stack([np.bincount(lab, weights=vec[:, c], minlength=n) for c in range(3)], axis=1)
     unit = mean_od / np.maximum(np.linalg.norm(mean_od, axis=1, keepdims=True), 1e-9)
     grey = unit.max(axis=1) - unit.min(axis=1) < float(p["debris_max_chroma"])
-    return (small & (grey | (area <= 2)))[labels]
+    inside[inside] = (grey | (area <= 2))[lab]
+    return inside
 
 
 def _ink(
@@ -743,9 +794,11 @@ def _ink(
         return np.zeros(tissue.shape, bool)
     flat_od = od.reshape(-1, 3)
     # the slide's own stain colour: median unit OD vector of its tissue (ink is a minority of it)
-    t_idx = np.flatnonzero(tissue)[:: max(1, np.count_nonzero(tissue) // 200_000)]
-    t_vec = flat_od[t_idx].astype(np.float32)
-    ref = np.median(t_vec / np.maximum(np.linalg.norm(t_vec, axis=1, keepdims=True), 1e-6), axis=0)
+    step = _sample_step(np.count_nonzero(tissue))
+    t_sample = od[::step, ::step][tissue[::step, ::step]]
+    t_r, t_g, t_b = (t_sample[:, c].astype(np.float32) for c in range(3))
+    t_inv = 1 / np.maximum(np.sqrt(t_r * t_r + t_g * t_g + t_b * t_b), np.float32(1e-6))
+    ref = np.array([np.median(c * t_inv) for c in (t_r, t_g, t_b)])
     ref /= max(float(np.linalg.norm(ref)), 1e-6)
     stats["stain_od_vector"] = [round(float(v), 3) for v in ref]
     # per channel as contiguous vectors: numpy reduces a trailing axis of 3 slowly
@@ -785,20 +838,28 @@ def _ink(
     x1 = (cstats[big, cv2.CC_STAT_LEFT] + cstats[big, cv2.CC_STAT_WIDTH]).max()
     y1 = (cstats[big, cv2.CC_STAT_TOP] + cstats[big, cv2.CC_STAT_HEIGHT]).max()
     box = (slice(max(0, y0 - 3), y1 + 3), slice(max(0, x0 - 3), x1 + 3))
-    blabels = np.where(big[labels[box]], labels[box], 0)
-    inside = blabels > 0
-    lab = blabels[inside]
-    # stroke shape: length / width = area / (2 r)², r = largest inscribed radius (distance transform)
-    dist = cv2.distanceTransform(inside.view(np.uint8), cv2.DIST_L2, 5)
+    # the big components renumbered 1..nb in their order (so a dilation's max picks the same one)
+    big_ids = np.flatnonzero(big)
+    compact = np.zeros(n, np.uint16 if big_ids.size < 65535 else np.float32)
+    compact[big_ids] = np.arange(1, big_ids.size + 1)
+    blabels = compact[labels[box]]
+    inside = (blabels > 0).view(np.uint8)
+    # stroke shape: length / width = area / (2 r)², r = largest inscribed radius (distance transform),
+    # the maximum taken per component over its own bounding box
+    dist = cv2.distanceTransform(inside, cv2.DIST_L2, 5)
     radius = np.zeros(n)
-    np.maximum.at(radius, lab, dist[inside])
+    for j, c in enumerate(big_ids, start=1):
+        cx, cy = cstats[c, cv2.CC_STAT_LEFT] - box[1].start, cstats[c, cv2.CC_STAT_TOP] - box[0].start
+        sub = (slice(cy, cy + cstats[c, cv2.CC_STAT_HEIGHT]), slice(cx, cx + cstats[c, cv2.CC_STAT_WIDTH]))
+        radius[c] = dist[sub][blabels[sub] == j].max()
     elongation = area / np.maximum(2 * radius, 1) ** 2
     # context: share of a 3-pixel ring around the component that is background
-    ring_labels = cv2.dilate(blabels.astype(np.float32), np.ones((7, 7), np.uint8)).astype(np.int64)
-    ring = ~inside & (ring_labels > 0)
-    ring_n = np.bincount(ring_labels[ring], minlength=n)
-    ring_bg = np.bincount(ring_labels[ring & ~tissue[box]], minlength=n)
-    on_glass = ring_bg >= 0.5 * np.maximum(ring_n, 1)
+    ring_labels = cv2.dilate(blabels, np.ones((7, 7), np.uint8))
+    ring = (ring_labels > 0) & ~inside.view(bool)
+    ring_n = np.bincount(ring_labels[ring].astype(np.int64), minlength=big_ids.size + 1)[1:]
+    ring_bg = np.bincount(ring_labels[ring & ~tissue[box]].astype(np.int64), minlength=big_ids.size + 1)[1:]
+    on_glass = np.zeros(n, bool)
+    on_glass[big_ids] = ring_bg >= 0.5 * np.maximum(ring_n, 1)
     keep = big & (off | uniform) & ((elongation >= float(p["ink_min_elongation"])) | on_glass)
     keep[0] = False
     stats["ink_components"] = int(keep.sum())
@@ -816,8 +877,10 @@ def _ink(
     box = (slice(max(0, y0 - pad), y1 + pad), slice(max(0, x0 - pad), x1 + pad))
     ink = keep[labels[box]].view(np.uint8)
     loose = image((cos <= math.cos(math.radians(0.6 * float(p["ink_min_angle_deg"])))) | smooth_v)[box]
+    grown = np.empty_like(ink)
     for _ in range(steps):
-        ink = cv2.dilate(ink, np.ones((3, 3), np.uint8)) & loose | ink
+        cv2.dilate(ink, np.ones((3, 3), np.uint8), dst=grown)
+        cv2.bitwise_or(cv2.bitwise_and(grown, loose, dst=grown), ink, dst=ink)
     if margin is not None:
         ink = cv2.dilate(ink, margin) & tissue[box].view(np.uint8)
     out = np.zeros(tissue.shape, bool)

@@ -507,6 +507,10 @@ def _box_shrink(slide: Slide, level: int, k: int) -> np.ndarray:
             strip = padded
         return strip
 
+    # an integer factor takes OpenCV's exact block-mean path of INTER_AREA
+    if lh <= rows:
+        strip = read(0)
+        return cv2.resize(strip, (wk // k, strip.shape[0] // k), interpolation=cv2.INTER_AREA)
     parts = []
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(read, 0)
@@ -514,9 +518,8 @@ def _box_shrink(slide: Slide, level: int, k: int) -> np.ndarray:
             strip = pending.result()
             if y0 + rows < lh:
                 pending = pool.submit(read, y0 + rows)
-            # an integer factor takes OpenCV's exact block-mean path of INTER_AREA
             parts.append(cv2.resize(strip, (wk // k, strip.shape[0] // k), interpolation=cv2.INTER_AREA))
-    return np.concatenate(parts) if len(parts) > 1 else parts[0]
+    return np.concatenate(parts)
 
 
 def _grid_count(n: int, f: float) -> int:
@@ -780,6 +783,71 @@ def _debris(tissue: np.ndarray, od: np.ndarray, mpp: float, p: dict[str, Any]) -
     return inside
 
 
+def _label_counts(labels: np.ndarray, where: np.ndarray, n: int) -> np.ndarray:
+    """Pixel count of each label 0..n-1 of ``labels`` (uint16 or float32) where ``where`` (uint8) is non-zero."""
+    return cv2.calcHist([labels], [0], where, [n], [0, n]).ravel().astype(np.int64)
+
+
+#: rows of the mask whose ink features are computed at a time (bounds the float temporaries)
+_FEATURE_ROWS = 256
+
+
+def _ink_features(
+    od: np.ndarray, density: np.ndarray, idx: np.ndarray, ref: np.ndarray, p: dict[str, Any]
+) -> tuple[np.ndarray, ...]:
+    """Per-pixel ink tests at the flat indices ``idx`` (sorted) of the dense tissue pixels.
+
+    Returns boolean vectors over ``idx``: ``smooth`` (local 3 x 3 coefficient
+    of variation of the density below ``ink_max_cv``), ``off`` (colour more than
+    ``ink_min_angle_deg`` from the stain ``ref``, or neutral and opaque),
+    ``cand`` (off, or smooth and twice ``ink_min_od``: ink of the stain's own
+    hue), ``loose`` (the growth test: 0.6 x the angle, or smooth). Computed
+    in strips of :data:`_FEATURE_ROWS` rows, two at a time on two threads
+    (numpy and OpenCV release the GIL), so the float temporaries stay a few
+    strips in size.
+    """
+    h, w = density.shape
+    flat_od, flat_d = od.reshape(-1, 3), density.ravel()
+    ref32 = ref.astype(np.float32)
+    cos_off = math.cos(math.radians(float(p["ink_min_angle_deg"])))
+    cos_loose = math.cos(math.radians(0.6 * float(p["ink_min_angle_deg"])))
+    out = tuple(np.empty(idx.size, bool) for _ in range(4))
+    bounds = np.searchsorted(idx, np.arange(0, h + _FEATURE_ROWS, _FEATURE_ROWS) * w)
+
+    def strip(k: int) -> None:
+        lo, hi = bounds[k], bounds[k + 1]
+        if lo == hi:
+            return
+        i = idx[lo:hi]
+        # per channel as contiguous vectors: numpy reduces a trailing axis of 3 slowly
+        r, g, b = (flat_od[i, c].astype(np.float32) for c in range(3))
+        inv = 1 / np.maximum(np.sqrt(r * r + g * g + b * b), np.float32(1e-6))
+        r, g, b = r * inv, g * inv, b * inv
+        cos = r * ref32[0] + g * ref32[1] + b * ref32[2]  # cosine to the stain colour
+        spread = np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)  # 0 = neutral grey / black
+        d = flat_d[i].astype(np.float32) / OD_SCALE
+        black = (spread < 0.15) & (d >= float(p["ink_black_min_od"]))
+        # local (3 x 3) coefficient of variation of the density: a dye film is smooth, tissue has cells.
+        # The strip's box filters with one row of its neighbours each side are the whole image's.
+        y0 = max(0, k * _FEATURE_ROWS - 1)
+        rows = density[y0 : min(h, (k + 1) * _FEATURE_ROWS + 1)]
+        j = i - y0 * w
+        mean = cv2.boxFilter(rows, cv2.CV_32F, (3, 3)).ravel()[j] / OD_SCALE
+        sq = cv2.sqrBoxFilter(rows, cv2.CV_32F, (3, 3)).ravel()[j] / OD_SCALE**2
+        smooth = np.sqrt(np.maximum(sq - mean * mean, 0)) < float(p["ink_max_cv"]) * np.maximum(mean, 1e-3)
+        off = (cos <= cos_off) | black
+        out[0][lo:hi], out[1][lo:hi] = smooth, off
+        out[2][lo:hi] = off | (smooth & (d >= 2 * float(p["ink_min_od"])))
+        out[3][lo:hi] = (cos <= cos_loose) | smooth
+
+    if len(bounds) <= 2:
+        strip(0)
+    else:
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(strip, range(len(bounds) - 1)))
+    return out
+
+
 def _ink(
     od: np.ndarray, density: np.ndarray, tissue: np.ndarray, mpp: float, p: dict[str, Any], stats: dict[str, Any]
 ) -> np.ndarray:
@@ -792,7 +860,6 @@ def _ink(
     stats["ink_components"] = 0
     if idx.size == 0:
         return np.zeros(tissue.shape, bool)
-    flat_od = od.reshape(-1, 3)
     # the slide's own stain colour: median unit OD vector of its tissue (ink is a minority of it)
     step = _sample_step(np.count_nonzero(tissue))
     t_sample = od[::step, ::step][tissue[::step, ::step]]
@@ -801,21 +868,7 @@ def _ink(
     ref = np.array([np.median(c * t_inv) for c in (t_r, t_g, t_b)])
     ref /= max(float(np.linalg.norm(ref)), 1e-6)
     stats["stain_od_vector"] = [round(float(v), 3) for v in ref]
-    # per channel as contiguous vectors: numpy reduces a trailing axis of 3 slowly
-    r, g, b = (flat_od[idx, c].astype(np.float32) for c in range(3))
-    inv = 1 / np.maximum(np.sqrt(r * r + g * g + b * b), np.float32(1e-6))
-    r, g, b = r * inv, g * inv, b * inv
-    cos = r * np.float32(ref[0]) + g * np.float32(ref[1]) + b * np.float32(ref[2])  # cosine to the stain colour
-    spread = np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)  # 0 = neutral grey / black
-    d = density.ravel()[idx].astype(np.float32) / OD_SCALE
-    black = (spread < 0.15) & (d >= float(p["ink_black_min_od"]))
-    # local (3 x 3) coefficient of variation of the density: a dye film is smooth, tissue has cells
-    mean = cv2.boxFilter(density, cv2.CV_32F, (3, 3)).ravel()[idx] / OD_SCALE
-    sq = cv2.sqrBoxFilter(density, cv2.CV_32F, (3, 3)).ravel()[idx] / OD_SCALE**2
-    smooth_v = np.sqrt(np.maximum(sq - mean * mean, 0)) < float(p["ink_max_cv"]) * np.maximum(mean, 1e-3)
-    off_v = (cos <= math.cos(math.radians(float(p["ink_min_angle_deg"])))) | black
-    # ink of the stain's own hue (a blue marker on Giemsa) is told by smoothness and shape alone
-    cand_v = off_v | (smooth_v & (d >= 2 * float(p["ink_min_od"])))
+    smooth_v, off_v, cand_v, loose_v = _ink_features(od, density, idx, ref, p)
 
     def image(values: np.ndarray) -> np.ndarray:
         out = np.zeros(tissue.size, np.uint8)
@@ -831,8 +884,12 @@ def _ink(
         return np.zeros(tissue.shape, bool)
     # off the stain (or black) for most of its pixels, or else smooth: ink of the stain's own hue
     lab_v = labels.ravel()[idx]
-    uniform = np.bincount(lab_v, weights=smooth_v, minlength=n) >= 0.5 * area
-    off = np.bincount(lab_v, weights=off_v, minlength=n) >= 0.5 * area
+    uniform = np.bincount(lab_v[smooth_v], minlength=n) >= 0.5 * area
+    off = np.bincount(lab_v[off_v], minlength=n) >= 0.5 * area
+    # only those can be ink: shape and context are measured for them alone
+    big &= off | uniform
+    if not big.any():
+        return np.zeros(tissue.shape, bool)
     # shape and context of the big components only, in their bounding box
     x0, y0 = cstats[big, cv2.CC_STAT_LEFT].min(), cstats[big, cv2.CC_STAT_TOP].min()
     x1 = (cstats[big, cv2.CC_STAT_LEFT] + cstats[big, cv2.CC_STAT_WIDTH]).max()
@@ -848,16 +905,22 @@ def _ink(
     # the maximum taken per component over its own bounding box
     dist = cv2.distanceTransform(inside, cv2.DIST_L2, 5)
     radius = np.zeros(n)
-    for j, c in enumerate(big_ids, start=1):
-        cx, cy = cstats[c, cv2.CC_STAT_LEFT] - box[1].start, cstats[c, cv2.CC_STAT_TOP] - box[0].start
-        sub = (slice(cy, cy + cstats[c, cv2.CC_STAT_HEIGHT]), slice(cx, cx + cstats[c, cv2.CC_STAT_WIDTH]))
-        radius[c] = dist[sub][blabels[sub] == j].max()
+    if big_ids.size <= 256:
+        for j, c in enumerate(big_ids, start=1):
+            cx, cy = cstats[c, cv2.CC_STAT_LEFT] - box[1].start, cstats[c, cv2.CC_STAT_TOP] - box[0].start
+            sub = (slice(cy, cy + cstats[c, cv2.CC_STAT_HEIGHT]), slice(cx, cx + cstats[c, cv2.CC_STAT_WIDTH]))
+            radius[c] = dist[sub][blabels[sub] == j].max()
+    else:  # many components: one unbuffered maximum over all their pixels
+        r_big = np.zeros(big_ids.size + 1)
+        np.maximum.at(r_big, blabels[inside.view(bool)].astype(np.int64), dist[inside.view(bool)])
+        radius[big_ids] = r_big[1:]
     elongation = area / np.maximum(2 * radius, 1) ** 2
-    # context: share of a 3-pixel ring around the component that is background
+    # context: share of a 3-pixel ring around the component that is background (a dilation of the
+    # labels gives each ring pixel the label of a component it is next to)
     ring_labels = cv2.dilate(blabels, np.ones((7, 7), np.uint8))
-    ring = (ring_labels > 0) & ~inside.view(bool)
-    ring_n = np.bincount(ring_labels[ring].astype(np.int64), minlength=big_ids.size + 1)[1:]
-    ring_bg = np.bincount(ring_labels[ring & ~tissue[box]].astype(np.int64), minlength=big_ids.size + 1)[1:]
+    ring = cv2.bitwise_and(cv2.compare(ring_labels, 0, cv2.CMP_GT), cv2.compare(inside, 0, cv2.CMP_EQ))
+    ring_n = _label_counts(ring_labels, ring, big_ids.size + 1)[1:]
+    ring_bg = _label_counts(ring_labels, cv2.bitwise_and(ring, cv2.compare(tissue[box].view(np.uint8), 0, cv2.CMP_EQ)), big_ids.size + 1)[1:]
     on_glass = np.zeros(n, bool)
     on_glass[big_ids] = ring_bg >= 0.5 * np.maximum(ring_n, 1)
     keep = big & (off | uniform) & ((elongation >= float(p["ink_min_elongation"])) | on_glass)
@@ -876,7 +939,7 @@ def _ink(
     y1 = (cstats[keep, cv2.CC_STAT_TOP] + cstats[keep, cv2.CC_STAT_HEIGHT]).max()
     box = (slice(max(0, y0 - pad), y1 + pad), slice(max(0, x0 - pad), x1 + pad))
     ink = keep[labels[box]].view(np.uint8)
-    loose = image((cos <= math.cos(math.radians(0.6 * float(p["ink_min_angle_deg"])))) | smooth_v)[box]
+    loose = image(loose_v)[box]
     grown = np.empty_like(ink)
     for _ in range(steps):
         cv2.dilate(ink, np.ones((3, 3), np.uint8), dst=grown)

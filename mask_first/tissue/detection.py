@@ -915,6 +915,7 @@ def _ink(
         np.maximum.at(r_big, blabels[inside.view(bool)].astype(np.int64), dist[inside.view(bool)])
         radius[big_ids] = r_big[1:]
     elongation = area / np.maximum(2 * radius, 1) ** 2
+    del dist  # a float per pixel of the box: free it before the ring's temporaries
     # context: share of a 3-pixel ring around the component that is background (a dilation of the
     # labels gives each ring pixel the label of a component it is next to)
     ring_labels = cv2.dilate(blabels, np.ones((7, 7), np.uint8))

@@ -480,46 +480,80 @@ def level_on_mask_grid(slide: Slide, level: int, shape: tuple[int, int], f: tupl
     if lw * lh > STREAM_PIXELS:
         k = max(1, int(min(fx, fy)))
     if k == 1:
-        img = slide.read_level(level)
-    else:
-        img = _box_shrink(slide, level, k)
-        fx, fy = fx / k, fy / k
-    return _area_resize(img, fx, fy, shape)
+        return _area_resize_streamed(slide, level, fx, fy, shape)
+    return _area_resize(_box_shrink(slide, level, k), fx / k, fy / k, shape)
 
 
-def _box_shrink(slide: Slide, level: int, k: int) -> np.ndarray:
-    """Exact ``k`` x ``k`` block means of ``level`` (white past its edge), read in strips of rows.
+def _strips(slide: Slide, level: int, width: int, rows: int):
+    """Yield ``(y0, rgb)``: rows ``y0 .. y0 + rows`` of ``level``, ``width`` columns (white past its edge).
 
-    Only a few strips of the level are in memory at once, and the next strip
-    decodes on a second thread while this one is shrunk (the decoder and
-    OpenCV release the GIL), so the shrink costs little wall time over the decode.
+    The next strip decodes on a second thread while the caller works on this
+    one (the decoder and OpenCV release the GIL), so that work costs little
+    wall time over the decode.
     """
-    lw, lh = slide.level_dimensions[level]
-    rows = _STRIP_ROWS // k * k or k
-    wk = -(-lw // k) * k
+    lh = slide.level_dimensions[level][1]
+    starts = range(0, lh, rows)
 
     def read(y0: int) -> np.ndarray:
-        h = min(rows, lh - y0)
-        strip = slide.read_region(level, 0, y0, lw, h)
-        if h % k or lw % k:
-            padded = np.full((-(-h // k) * k, wk, 3), 255, np.uint8)
-            padded[:h, :lw] = strip
-            strip = padded
-        return strip
+        return slide.read_region(level, 0, y0, width, min(rows, lh - y0))
 
-    # an integer factor takes OpenCV's exact block-mean path of INTER_AREA
-    if lh <= rows:
-        strip = read(0)
-        return cv2.resize(strip, (wk // k, strip.shape[0] // k), interpolation=cv2.INTER_AREA)
-    parts = []
+    if len(starts) == 1:
+        yield 0, read(0)
+        return
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(read, 0)
-        for y0 in range(0, lh, rows):
+        for y0 in starts:
             strip = pending.result()
             if y0 + rows < lh:
                 pending = pool.submit(read, y0 + rows)
-            parts.append(cv2.resize(strip, (wk // k, strip.shape[0] // k), interpolation=cv2.INTER_AREA))
-    return np.concatenate(parts)
+            yield y0, strip
+
+
+def _box_shrink(slide: Slide, level: int, k: int) -> np.ndarray:
+    """Exact ``k`` x ``k`` block means of ``level`` (white past its edge), read in strips of rows."""
+    lw, lh = slide.level_dimensions[level]
+    rows = _STRIP_ROWS // k * k or k
+    wk = -(-lw // k) * k
+    parts = []
+    for _, strip in _strips(slide, level, wk, rows):
+        if strip.shape[0] % k:
+            strip = np.concatenate([strip, np.full((k - strip.shape[0] % k, wk, 3), 255, np.uint8)])
+        # an integer factor takes OpenCV's exact block-mean path of INTER_AREA
+        parts.append(cv2.resize(strip, (wk // k, strip.shape[0] // k), interpolation=cv2.INTER_AREA))
+    return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
+def _area_resize_streamed(slide: Slide, level: int, fx: float, fy: float, shape: tuple[int, int]) -> np.ndarray:
+    """:func:`_area_resize` of the whole level, done strip by strip as the level is read.
+
+    The strips of mask rows end where ``m * fy`` is within ~1/64 of a whole
+    level row (the grid's own tolerance), about every :data:`_STRIP_ROWS`
+    level rows; each is area-averaged from exactly its level rows, so the
+    level is never held whole and resampling overlaps the decode.
+    """
+    out_h, out_w = shape
+    lw, lh = slide.level_dimensions[level]
+    if (lh, lw) == (out_h, out_w) and fx == fy == 1:
+        return slide.read_level(level)
+    nx, ny = _grid_count(out_w, fx), _grid_count(out_h, fy)
+    wp, hp = max(1, round(nx * fx)), max(1, round(ny * fy))
+    every = max(1, int(_STRIP_ROWS / fy))
+    ends = sorted({ny, *(m for m in (_grid_count(j, fy) for j in range(every, ny, every)) if m < ny)})
+    out = np.empty((ny, nx, 3), np.uint8)
+    buf, buf_y0 = np.empty((0, wp, 3), np.uint8), 0  # level rows read and not yet used, from buf_y0
+    strips = _strips(slide, level, wp, _STRIP_ROWS)
+    m0 = 0
+    for m1 in ends:
+        r0, r1 = round(m0 * fy), (round(m1 * fy) if m1 < ny else hp)
+        while buf_y0 + len(buf) < min(r1, lh):
+            buf = np.concatenate([buf, next(strips)[1]])
+        seg = buf[r0 - buf_y0 : r1 - buf_y0]
+        if len(seg) < r1 - r0:  # past the level's last row: white
+            seg = np.concatenate([seg, np.full((r1 - r0 - len(seg), wp, 3), 255, np.uint8)])
+        out[m0:m1] = cv2.resize(seg, (nx, m1 - m0), interpolation=cv2.INTER_AREA)
+        buf, buf_y0, m0 = buf[r1 - buf_y0 :], r1, m1
+    strips.close()
+    return out[:out_h, :out_w]
 
 
 def _grid_count(n: int, f: float) -> int:

@@ -27,14 +27,16 @@ from the two sizes, so the level is padded with white (or cropped) to
 ``round(n * f)`` pixels, with ``n`` the first count >= the mask size for which
 ``n * f`` is within 1/64 px of an integer (the extra mask pixels are then cut
 off): the grid is kept to ~1/64 level pixel instead of drifting by up to one
-pixel across the slide. Levels over :data:`STREAM_PIXELS` (at ``f >= 2``)
-are read in strips and first box-shrunk by the integer part of ``f`` (exact
-block means), so memory stays bounded by a few strips plus the mask-sized
-result; at ``f >= 16`` any level is box-shrunk by ``k = f // 8`` first (a
-block straddling a mask-pixel edge is weighed by area: an error of at most
-``k / f`` of a pixel there), because OpenCV's INTER_AREA is slow at large
-fractional factors. While a strip is shrunk the next one decodes on a second
-thread. When the mask is finer than the slide's finest level (``f < 1``, e.g.
+pixel across the slide. The level is read in strips of rows and resampled
+strip by strip (the next strip decodes on a second thread meanwhile), so it is
+never held whole: memory stays bounded by a few strips plus the mask-sized
+result. At ``f >= 16``, and at ``f >= 2`` on levels over :data:`STREAM_PIXELS`,
+strips are first box-shrunk by ``k = f // 8`` (resp. the integer part of
+``f``): exact block means on OpenCV's fast integer path, but a block
+straddling a mask-pixel edge is weighed by area, an error of at most ``k / f``
+of a pixel there. Otherwise each strip of mask rows ends where ``m * f`` is
+within ~1/64 of a whole level row and is area-averaged from exactly its level
+rows. When the mask is finer than the slide's finest level (``f < 1``, e.g.
 a 16.8 µm/px DICOM at an 8 µm mask), the level is classified at its own
 resolution and each label copied to the mask pixels whose centres it holds.
 
@@ -127,7 +129,7 @@ INK = 64
 DEBRIS = 32
 #: label value -> name, written into the overlay provenance
 LABELS = {BACKGROUND: "background", TISSUE: "tissue", INK: "ink", DEBRIS: "debris"}
-#: levels with more pixels are read in strips and box-shrunk on the way when f >= 2
+#: levels with more pixels are box-shrunk by the integer part of f on the way (f >= 2): the fast path
 STREAM_PIXELS = 1 << 26
 #: rows of a level read at a time when it is box-shrunk on the way
 _STRIP_ROWS = 1024
@@ -475,7 +477,7 @@ def level_on_mask_grid(slide: Slide, level: int, shape: tuple[int, int], f: tupl
     # Shrinking by k x k blocks first is exact for the blocks but weighs a block that straddles a mask-pixel
     # edge by area, as if uniform: an error of up to k / f of a mask pixel at edges. So it is used with
     # f / k >= 8 (OpenCV's fractional INTER_AREA is slow at large factors: CMU-1 at f = 16, 26 ms -> 10 ms,
-    # mean change 0.15 grey levels), or to bound memory on big levels.
+    # mean change 0.15 grey levels); on big levels by the integer part of f, the fastest.
     k = max(1, int(min(fx, fy) // 8))
     if lw * lh > STREAM_PIXELS:
         k = max(1, int(min(fx, fy)))

@@ -1,7 +1,9 @@
 # Sample sheet, input functions and wildcard constraints.
 import glob
+import json
 import re
 import hashlib
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -143,6 +145,38 @@ wildcard_constraints:
     # the sheet schema's id pattern: no "/", so per-slide paths never nest
     slide="[A-Za-z0-9][A-Za-z0-9._-]*",
     key="[0-9a-f]{16}",
+
+
+# -- per-slide shell jobs ------------------------------------------------------
+# tissue_mask, tiles and filter_tiles are `shell:` jobs: Snakemake's interpreter
+# runs workflow/scripts/step.py on the job's files and settings, one JSON
+# argument (mask_first/jobs.py). Against `script:` a job skips Snakemake's
+# script preamble (unpickling the job object imports Snakemake) and the DAG
+# skips the per-job script check; see docs/benchmarks.md. The command names
+# these globals rather than their values, so moving the checkout or the
+# environment does not count as a code change.
+STEP_PYTHON = sys.executable
+STEP_RUNNER = f"{workflow.basedir}/workflow/scripts/step.py"
+STEP_SHELL = "{STEP_PYTHON:q} {STEP_RUNNER:q} {rule} {log:q} {params.job:q}"
+
+
+def step_job(**settings):
+    """The ``job`` param of a shell step: its slide, files, threads and settings as JSON.
+
+    ``settings`` are the step's config values and per-slide functions of the
+    wildcards (called here); the whole string is the job's one param, so a
+    changed setting reruns the job as any param would."""
+
+    def job(wildcards, input, output, threads):
+        return json.dumps({
+            "slide": wildcards.slide,
+            "input": dict(input.items()),
+            "output": dict(output.items()),
+            "threads": threads,
+            "params": {k: v(wildcards) if callable(v) else v for k, v in settings.items()},
+        })
+
+    return job
 
 
 # -- per-slide values (input functions and params) ----------------------------

@@ -15,11 +15,13 @@ rule tissue_mask:
         mask="results/masks/{slide}/{key}.tiff",
         geojson="results/masks/{slide}/{key}.geojson",
     params:
-        mpp=config["mask"]["mpp"],
-        method=tissue_method,
-        extra=config["mask"]["params"],
-        mpp_override=mpp_override,
-        geojson_classes=config["mask"]["geojson_classes"],
+        job=step_job(
+            mpp=config["mask"]["mpp"],
+            method=tissue_method,
+            extra=config["mask"]["params"],
+            mpp_override=mpp_override,
+            geojson_classes=config["mask"]["geojson_classes"],
+        ),
     log:
         "results/logs/tissue_mask/{slide}/{key}.log",
     benchmark:
@@ -30,5 +32,5 @@ rule tissue_mask:
     resources:
         mem_mb=2000,
         runtime=15,
-    script:
-        "../scripts/tissue_mask.py"
+    shell:
+        STEP_SHELL

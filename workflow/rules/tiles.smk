@@ -9,12 +9,14 @@ rule tiles:
         info="results/slides/{slide}.parquet",
         tiles="results/tiles/{slide}.parquet",
     params:
-        mpp=config["tiling"]["mpp"],
-        level=config["tiling"]["level"],
-        tile_extent=config["tiling"]["tile_extent"],
-        stride=config["tiling"]["stride"],
-        last=config["tiling"]["last"],
-        mpp_override=mpp_override,
+        job=step_job(
+            mpp=config["tiling"]["mpp"],
+            level=config["tiling"]["level"],
+            tile_extent=config["tiling"]["tile_extent"],
+            stride=config["tiling"]["stride"],
+            last=config["tiling"]["last"],
+            mpp_override=mpp_override,
+        ),
     log:
         "results/logs/tiles/{slide}.log",
     benchmark:
@@ -25,8 +27,8 @@ rule tiles:
     resources:
         mem_mb=1000,
         runtime=5,
-    script:
-        "../scripts/tiles.py"
+    shell:
+        STEP_SHELL
 
 
 rule filter_tiles:
@@ -45,16 +47,18 @@ rule filter_tiles:
         # mask annotations + retained tiles as QuPath tile objects (qc.tile_objects)
         **({"tile_objects": "results/qc/{slide}.geojson"} if TILE_OBJECTS else {}),
     params:
-        method=config["filter"]["method"],
-        threshold=(
-            config["filter"]["tissue_threshold"]
-            if USES_MASK
-            else config["filter"]["pixel_std_threshold"]
+        job=step_job(
+            method=config["filter"]["method"],
+            threshold=(
+                config["filter"]["tissue_threshold"]
+                if USES_MASK
+                else config["filter"]["pixel_std_threshold"]
+            ),
+            value=config["filter"]["tissue_value"],
+            user_mask=user_mask,
+            qc_size=config["qc"]["size"],
+            mpp_override=mpp_override,
         ),
-        value=config["filter"]["tissue_value"],
-        user_mask=user_mask,
-        qc_size=config["qc"]["size"],
-        mpp_override=mpp_override,
     log:
         "results/logs/filter_tiles/{slide}.log",
     benchmark:
@@ -65,5 +69,5 @@ rule filter_tiles:
     resources:
         mem_mb=1000,
         runtime=10,
-    script:
-        "../scripts/filter_tiles.py"
+    shell:
+        STEP_SHELL

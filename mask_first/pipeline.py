@@ -3,9 +3,10 @@
 Each function reads its inputs, calls the array-level functions of the
 package and writes its outputs through :func:`mask_first.io.atomic_path`, so a
 killed job never leaves a file that looks finished. The Snakemake scripts in
-``workflow/scripts`` only unpack ``snakemake.input/params/output`` and call one
-of these; :func:`run_step` gives every step the same logging and the same
-one-line error naming the slide.
+``workflow/scripts`` (``script:`` rules) and :mod:`mask_first.jobs` (the
+per-slide ``shell:`` rules) only unpack the job's input, params and output and
+call one of these; :func:`run_step` gives every step the same logging and the
+same one-line error naming the slide.
 
 Every job is a fresh Python process, so each step imports the modules it
 uses inside its body: the tile job never loads the tissue detector, and no

@@ -157,26 +157,30 @@ wildcard_constraints:
 # environment does not count as a code change.
 STEP_PYTHON = sys.executable
 STEP_RUNNER = f"{workflow.basedir}/workflow/scripts/step.py"
-STEP_SHELL = "{STEP_PYTHON:q} {STEP_RUNNER:q} {rule} {log:q} {params.job:q}"
+STEP_SHELL = "{STEP_PYTHON:q} {STEP_RUNNER:q} {rule} {log:q} {params.files:q} {params.job:q}"
 
 
 def step_job(**settings):
-    """The ``job`` param of a shell step: its slide, files, threads and settings as JSON.
+    """The ``job`` param of a shell step: its settings as JSON.
 
     ``settings`` are the step's config values and per-slide functions of the
-    wildcards (called here); the whole string is the job's one param, so a
-    changed setting reruns the job as any param would."""
+    wildcards (called here). A function of the wildcards alone, so Snakemake
+    compares it with the last run's like any param: a changed setting reruns
+    the job."""
 
-    def job(wildcards, input, output, threads):
-        return json.dumps({
-            "slide": wildcards.slide,
-            "input": dict(input.items()),
-            "output": dict(output.items()),
-            "threads": threads,
-            "params": {k: v(wildcards) if callable(v) else v for k, v in settings.items()},
-        })
+    def job(wildcards):
+        return json.dumps({k: v(wildcards) if callable(v) else v for k, v in settings.items()})
 
     return job
+
+
+def step_files(wildcards, input, output, threads):
+    """The ``files`` param of a shell step: slide id, named input and output paths, threads, as JSON.
+
+    Derived from the job's files, so Snakemake leaves it out of the params it
+    compares between runs (files have their own rerun triggers)."""
+    return json.dumps({"slide": wildcards.slide, "input": dict(input.items()), "output": dict(output.items()),
+                       "threads": threads})
 
 
 # -- per-slide values (input functions and params) ----------------------------

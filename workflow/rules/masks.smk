@@ -15,6 +15,7 @@ rule tissue_mask:
         mask="results/masks/{slide}/{key}.tiff",
         geojson="results/masks/{slide}/{key}.geojson",
     params:
+        files=step_files,
         job=step_job(
             mpp=config["mask"]["mpp"],
             method=tissue_method,

@@ -9,6 +9,7 @@ rule tiles:
         info="results/slides/{slide}.parquet",
         tiles="results/tiles/{slide}.parquet",
     params:
+        files=step_files,
         job=step_job(
             mpp=config["tiling"]["mpp"],
             level=config["tiling"]["level"],
@@ -47,6 +48,7 @@ rule filter_tiles:
         # mask annotations + retained tiles as QuPath tile objects (qc.tile_objects)
         **({"tile_objects": "results/qc/{slide}.geojson"} if TILE_OBJECTS else {}),
     params:
+        files=step_files,
         job=step_job(
             method=config["filter"]["method"],
             threshold=(

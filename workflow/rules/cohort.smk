@@ -1,8 +1,8 @@
 # Cohort outputs: the slide table, and the summary with its contact sheet; one job each.
 #
-# Both list every slide of the sheet with its status. They wait for every
-# per-slide output (the model's aside), so when all slides finish they run as
-# ordinary rules. When a slide fails, Snakemake never runs them; the `onerror`
+# Both list every slide of the sheet with its status. The slide table waits for
+# every per-slide output (the model's aside), the summary for the slide table,
+# so when all slides finish they run as ordinary rules. When a slide fails, Snakemake never runs them; the `onerror`
 # handler in the Snakefile then writes the same files from what exists (pipeline.write_cohort_tables),
 # naming the failed step and cause from the failure files that
 # pipeline.run_step leaves under results/status/. A later run retries the
@@ -34,7 +34,8 @@ COHORT = [_slide_record(s) for s in SLIDES]
 # onsuccess handler brings the tables up to date if those change a status
 # Only each slide's last core output: it exists only after that slide's tiles
 # and filter jobs (info, retained, QC picture) finished, and a 10,000-slide DAG
-# then carries 10,000 cohort inputs per rule instead of 40,000.
+# then carries 10,000 cohort inputs instead of 40,000 (the summary takes the
+# slide table, so the two rules carry them once).
 COHORT_INPUTS = [slide_outputs(s, core=True)[-1] for s in SLIDES]
 QC_THRESHOLDS = {
     "border_fraction": config["qc"]["border_fraction"],
@@ -68,7 +69,9 @@ rule slide_table:
 
 rule summary:
     input:
-        COHORT_INPUTS,
+        # after the slide table, which waits for every slide: one DAG input
+        # instead of one per slide, and the same reruns
+        "results/slides.parquet",
     output:
         summary=report("results/summary.tsv", caption="../report/summary.rst", category="Summary"),
         sheet=report("results/contact_sheet.html", caption="../report/contact_sheet.rst", category="Summary"),

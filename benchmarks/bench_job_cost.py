@@ -46,7 +46,7 @@ rule bare:
 rule bare_shell:
     output: "out_shell/{i}.txt"
     benchmark: "bench/bare_shell/{i}.tsv"
-    shell: "{sys.executable:q} -c 'import sys; open(sys.argv[1], \"w\").close()' {output:q}"
+    shell: "{sys.executable:q} -c 'import pathlib, sys; pathlib.Path(sys.argv[1]).touch()' {output:q}"
 """
 
 

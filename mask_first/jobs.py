@@ -1,4 +1,4 @@
-"""The per-slide shell jobs' entry point: ``step.py STEP LOG FILES_JSON JOB_JSON``.
+"""The per-slide shell jobs' entry point: ``step.py STEP LOG THREADS FILES_JSON JOB_JSON``.
 
 The rules ``tissue_mask``, ``tiles`` and ``filter_tiles`` run as ``shell:``
 jobs (``workflow/scripts/step.py``, see ``workflow/rules/common.smk``) rather
@@ -10,7 +10,7 @@ figures in docs/benchmarks.md.
 ``FILES_JSON`` and ``JOB_JSON`` are the rule's ``params.files`` and
 ``params.job`` (``common.smk``'s ``step_files`` and ``step_job``)::
 
-    {"slide": <slide id>, "input": {name: path}, "output": {name: path}, "threads": <int>}
+    {"slide": <slide id>, "input": {name: path}, "output": {name: path}}
     {name: value}                                  # the step's settings
 
 Each step unpacks it exactly as a ``script:`` adapter unpacks ``snakemake``
@@ -57,13 +57,13 @@ STEPS = {"tissue_mask": _tissue_mask, "tiles": _tiles, "filter_tiles": _filter_t
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one step: ``argv`` is ``[STEP, LOG, FILES_JSON, JOB_JSON]``; returns 0 (a failed step exits 1 in run_step)."""
+    """Run one step: ``argv`` is ``[STEP, LOG, THREADS, FILES_JSON, JOB_JSON]``; returns 0 (a failed step exits 1 in run_step)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) != 4 or argv[0] not in STEPS:
-        raise SystemExit(f"usage: step.py {{{','.join(STEPS)}}} LOG FILES_JSON JOB_JSON")
-    step, log, files, settings = argv
+    if len(argv) != 5 or argv[0] not in STEPS:
+        raise SystemExit(f"usage: step.py {{{','.join(STEPS)}}} LOG THREADS FILES_JSON JOB_JSON")
+    step, log, threads, files, settings = argv
     files = json.loads(files)
-    STEPS[step](files["slide"], log, files["input"], files["output"], json.loads(settings), files["threads"])
+    STEPS[step](files["slide"], log, files["input"], files["output"], json.loads(settings), int(threads))
     return 0
 
 

@@ -54,18 +54,17 @@ def test_shell_step_runner_writes_what_the_step_function_writes(tmp_path):
     write_synthetic_slide(tmp_path / "s.tiff", 1024, 768, mpp=0.5, seed=4)
     runner = Path(__file__).resolve().parents[2] / "workflow" / "scripts" / "step.py"
     files = {"slide": "s", "input": {"slide": str(tmp_path / "s.tiff")},
-             "output": {"info": str(tmp_path / "info.parquet"), "tiles": str(tmp_path / "tiles.parquet")},
-             "threads": 1}
+             "output": {"info": str(tmp_path / "info.parquet"), "tiles": str(tmp_path / "tiles.parquet")}}
     settings = {"mpp": 1.0, "level": None, "tile_extent": 128, "stride": 96, "last": "keep", "mpp_override": None}
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     log = tmp_path / "logs" / "tiles" / "s.log"
-    subprocess.run([sys.executable, str(runner), "tiles", str(log), json.dumps(files), json.dumps(settings)],
+    subprocess.run([sys.executable, str(runner), "tiles", str(log), "1", json.dumps(files), json.dumps(settings)],
                    cwd=tmp_path, env=env, check=True, capture_output=True)
     write_tiles(str(tmp_path / "s.tiff"), str(tmp_path / "info_ref.parquet"), str(tmp_path / "tiles_ref.parquet"),
                 slide_id="s", **settings)
     assert pq.read_table(tmp_path / "tiles.parquet").equals(pq.read_table(tmp_path / "tiles_ref.parquet"))
     assert pq.read_table(tmp_path / "info.parquet").equals(pq.read_table(tmp_path / "info_ref.parquet"))
     assert "write_tiles done" in log.read_text()
-    bad = subprocess.run([sys.executable, str(runner), "pixels", str(log), "{}", "{}"], cwd=tmp_path, env=env,
+    bad = subprocess.run([sys.executable, str(runner), "pixels", str(log), "1", "{}", "{}"], cwd=tmp_path, env=env,
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "usage: step.py" in bad.stderr

@@ -17,7 +17,6 @@ sheet of a 10,000-slide cohort opens no picture file.
 from __future__ import annotations
 
 import base64
-import html
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -102,6 +101,8 @@ _JS = """
 
 
 def _card(row: Mapping[str, Any], flags: Sequence[str], thumbnail: str | None) -> str:
+    import html  # here, not at the top: the filter job imports this module for the thumbnail only
+
     e = html.escape
     sid = str(row["slide_id"])
     status = str(row.get("status") or "done")
@@ -140,6 +141,8 @@ def contact_sheet_html(rows: Sequence[Mapping[str, Any]], flags: Sequence[Sequen
     ``error``, ``tiles_total``, ``tiles_retained``, ``tissue_area_mm2``),
     ``flags`` their QC flags, ``thumbnails`` base64 JPEGs (None: no picture).
     """
+    import html
+
     from mask_first.cohort import FLAGS
 
     e = html.escape

@@ -149,8 +149,8 @@ wildcard_constraints:
 
 # -- per-slide shell jobs ------------------------------------------------------
 # tissue_mask, tiles and filter_tiles are `shell:` jobs: Snakemake's interpreter
-# runs workflow/scripts/step.py on the job's files and settings, one JSON
-# argument (mask_first/jobs.py). Against `script:` a job skips Snakemake's
+# runs workflow/scripts/step.py on the job's log, threads, files and settings
+# (the last two as JSON params; mask_first/jobs.py). Against `script:` a job skips Snakemake's
 # script preamble (unpickling the job object imports Snakemake) and the DAG
 # skips the per-job script check; see docs/benchmarks.md. The command names
 # these globals rather than their values, so moving the checkout or the

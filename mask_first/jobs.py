@@ -1,6 +1,6 @@
 """The per-slide shell jobs' entry point: ``step.py STEP LOG THREADS FILES_JSON JOB_JSON``.
 
-The rules ``tissue_mask``, ``tiles`` and ``filter_tiles`` run as ``shell:``
+The rules ``tissue_mask``, ``tiles``, ``filter_tiles`` and ``pixels`` run as ``shell:``
 jobs (``workflow/scripts/step.py``, see ``workflow/rules/common.smk``) rather
 than ``script:`` jobs: the job's process then skips Snakemake's script preamble
 (unpickling the job object imports Snakemake, 0.05-0.08 s a job), and the DAG
@@ -52,8 +52,17 @@ def _filter_tiles(slide: str, log: str, i: Mapping, o: Mapping, p: Mapping[str, 
              out_coords=o["coords"], out_tile_objects=o.get("tile_objects"), mask_geojson=i.get("mask_geojson"))
 
 
+def _pixels(slide: str, log: str, i: Mapping, o: Mapping, p: Mapping[str, Any], threads: int) -> None:
+    from mask_first.pipeline import run_step, write_retained_pixels
+
+    run_step(slide, log, write_retained_pixels, i["retained"], i["slide"], o["pixels"], encoding=p["encoding"],
+             jpeg_quality=p["jpeg_quality"], compression=p["compression"], row_group_tiles=p["row_group_tiles"],
+             threads=threads, mpp_override=p["mpp_override"], resample=p["resample"], mpp=p["mpp"],
+             tile_extent=p["tile_extent"], corrupt_tiles=p["corrupt_tiles"])
+
+
 #: rule name -> step
-STEPS = {"tissue_mask": _tissue_mask, "tiles": _tiles, "filter_tiles": _filter_tiles}
+STEPS = {"tissue_mask": _tissue_mask, "tiles": _tiles, "filter_tiles": _filter_tiles, "pixels": _pixels}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

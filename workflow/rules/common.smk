@@ -148,7 +148,7 @@ wildcard_constraints:
 
 
 # -- per-slide shell jobs ------------------------------------------------------
-# tissue_mask, tiles and filter_tiles are `shell:` jobs: Snakemake's interpreter
+# tissue_mask, tiles, filter_tiles and pixels are `shell:` jobs: Snakemake's interpreter
 # runs workflow/scripts/step.py on the job's log, threads, files and settings
 # (the last two as JSON params; mask_first/jobs.py). Against `script:` a job skips Snakemake's
 # script preamble (unpickling the job object imports Snakemake) and the DAG

@@ -6,17 +6,20 @@ rule pixels:
         retained="results/retained/{slide}.parquet",
         slide=slide_path,
     output:
-        "results/pixels/{slide}.parquet",
+        pixels="results/pixels/{slide}.parquet",
     params:
-        encoding=config["pixels"]["encoding"],
-        jpeg_quality=config["pixels"]["jpeg_quality"],
-        compression=config["pixels"]["compression"],
-        row_group_tiles=config["pixels"]["row_group_tiles"],
-        corrupt_tiles=config["pixels"]["corrupt_tiles"],
-        mpp_override=mpp_override,
-        resample=config["pixels"]["resample"],
-        mpp=config["tiling"]["mpp"],
-        tile_extent=config["tiling"]["tile_extent"],
+        files=step_files,
+        job=step_job(
+            encoding=config["pixels"]["encoding"],
+            jpeg_quality=config["pixels"]["jpeg_quality"],
+            compression=config["pixels"]["compression"],
+            row_group_tiles=config["pixels"]["row_group_tiles"],
+            corrupt_tiles=config["pixels"]["corrupt_tiles"],
+            mpp_override=mpp_override,
+            resample=config["pixels"]["resample"],
+            mpp=config["tiling"]["mpp"],
+            tile_extent=config["tiling"]["tile_extent"],
+        ),
     log:
         "results/logs/pixels/{slide}.log",
     benchmark:
@@ -25,5 +28,5 @@ rule pixels:
     resources:
         mem_mb=1500,
         runtime=60,
-    script:
-        "../scripts/pixels.py"
+    shell:
+        STEP_SHELL

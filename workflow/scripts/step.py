@@ -1,4 +1,4 @@
-"""Runs one per-slide shell job (tissue_mask, tiles, filter_tiles): see mask_first/jobs.py."""
+"""Runs one per-slide shell job (tissue_mask, tiles, filter_tiles, pixels): see mask_first/jobs.py."""
 import sys
 from pathlib import Path
 

@@ -65,6 +65,6 @@ def test_shell_step_runner_writes_what_the_step_function_writes(tmp_path):
     assert pq.read_table(tmp_path / "tiles.parquet").equals(pq.read_table(tmp_path / "tiles_ref.parquet"))
     assert pq.read_table(tmp_path / "info.parquet").equals(pq.read_table(tmp_path / "info_ref.parquet"))
     assert "write_tiles done" in log.read_text()
-    bad = subprocess.run([sys.executable, str(runner), "pixels", str(log), "1", "{}", "{}"], cwd=tmp_path, env=env,
+    bad = subprocess.run([sys.executable, str(runner), "no_such_step", str(log), "1", "{}", "{}"], cwd=tmp_path, env=env,
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "usage: step.py" in bad.stderr

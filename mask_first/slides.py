@@ -282,14 +282,16 @@ class _TiffLevelReader:
                 self._jpeg_colorspaces = (None, 2)
             elif page.photometric == 2:  # RGB stored; Aperio writes it without a JFIF marker
                 self._jpeg_colorspaces = (None if page.is_jfif else 2, 2)
-        # with libturbojpeg those segments are decoded straight into a region of the
-        # output whatever its row pitch: a stored tile inside a larger request
-        self._turbo_prefix = None
+        # those tiles made complete JPEG streams (JPEGTables, Adobe RGB marker): with
+        # libturbojpeg they are decoded straight into a region of the output whatever
+        # its row pitch, and stored_jpeg hands them out as they are
+        self._jpeg_prefix = None
+        self._turbo = False
         if self._jpeg_colorspaces is not None and self.tiled:
             from mask_first import jpeg
 
-            if jpeg.available():
-                self._turbo_prefix = jpeg.abbreviated_prefix(self._jpegtables, self._jpeg_colorspaces[0] == 2)
+            self._jpeg_prefix = jpeg.abbreviated_prefix(self._jpegtables, self._jpeg_colorspaces[0] == 2)
+            self._turbo = jpeg.available()
 
     def segment_rows(self, index: int) -> int:
         """Rows of image data in segment ``index`` (a last strip can be short)."""
@@ -344,11 +346,11 @@ class _TiffLevelReader:
         count = int(self.counts[index])
         if count == 0:
             return False
-        if turbo is not None and self._turbo_prefix is not None:
+        if turbo is not None and self._turbo:
             data = os.pread(self.fd, count, int(self.offsets[index]))
             if data[:2] != b"\xff\xd8":
                 return False
-            return turbo.decode_into(self._turbo_prefix + data[2:], dst) is None
+            return turbo.decode_into(self._jpeg_prefix + data[2:], dst) is None
         if self._jpeg_colorspaces is not None and dst.flags.c_contiguous:
             seg = self.decode(index, dst)
             if not np.may_share_memory(seg, dst):
@@ -359,12 +361,9 @@ class _TiffLevelReader:
     def stored_jpeg(self, xs, ys, width: int, height: int) -> list:
         """Complete JPEG streams of requests that are exactly a stored tile; see ``Slide.stored_jpeg``."""
         out: list = [None] * len(xs)
-        if self._jpeg_colorspaces is None or not self.tiled or (width, height) != (self.seg_w, self.seg_h):
+        if self._jpeg_prefix is None or (width, height) != (self.seg_w, self.seg_h):
             return out
-        from mask_first.jpeg import abbreviated_prefix
-
-        prefix = abbreviated_prefix(self._jpegtables, self._jpeg_colorspaces[0] == 2)
-        sw, sh = self.seg_w, self.seg_h
+        prefix, sw, sh = self._jpeg_prefix, self.seg_w, self.seg_h
         for k, (x, y) in enumerate(zip(np.asarray(xs).tolist(), np.asarray(ys).tolist())):
             if x % sw or y % sh or x < 0 or y < 0 or x + sw > self.width or y + sh > self.height:
                 continue
@@ -454,7 +453,7 @@ class _TiffLevelReader:
             from mask_first import jpeg
 
             scratch = np.empty((sh, sw, 3), np.uint8)
-            turbo = jpeg.decoder() if self._turbo_prefix is not None else None
+            turbo = jpeg.decoder() if self._turbo else None
             try:
                 for s in chunk:
                     k0 = direct.get(s)

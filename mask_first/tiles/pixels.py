@@ -72,8 +72,7 @@ def iter_slide_tiles(
     own = not isinstance(slide, Slide)
     s = open_slide(slide, mpp_override, require_mpp=False) if own else slide
     try:
-        shape = (min(batch_size, max(len(xs), 1)), out_h, out_w, 3)
-        bufs = [np.empty(shape, np.uint8) for _ in range(max(1, min(buffers, -(-len(xs) // batch_size))))]
+        bufs = _batch_buffers(len(xs), batch_size, out_w, out_h, buffers)
         for k, start in enumerate(range(0, len(xs), batch_size)):
             stop = min(start + batch_size, len(xs))
             out = bufs[k % len(bufs)][: stop - start]
@@ -83,6 +82,12 @@ def iter_slide_tiles(
     finally:
         if own:
             s.close()
+
+
+def _batch_buffers(n: int, batch_size: int, width: int, height: int, buffers: int) -> list[np.ndarray]:
+    """``buffers`` (at most one per batch) uint8 arrays of (batch, height, width, 3) for ``n`` tiles."""
+    shape = (min(batch_size, max(n, 1)), height, width, 3)
+    return [np.empty(shape, np.uint8) for _ in range(max(1, min(buffers, -(-n // batch_size))))]
 
 
 def _read_into(slide: Slide, level: int, xs, ys, ex: int, ey: int, out: np.ndarray, threads: int) -> None:
@@ -525,8 +530,7 @@ def _read_batches(slide: Slide, xs, ys, tile_extent_x: int, tile_extent_y: int, 
             yield np.arange(sl.start, sl.stop), batch
         return
     out_w, out_h = (tile_extent_x, tile_extent_y) if resample_to is None else xy_pair(resample_to, int)
-    shape = (min(batch_size, max(len(xs), 1)), out_h, out_w, 3)
-    bufs = [np.empty(shape, np.uint8) for _ in range(max(1, min(buffers, -(-len(xs) // batch_size))))]
+    bufs = _batch_buffers(len(xs), batch_size, out_w, out_h, buffers)
     for k, start in enumerate(range(0, len(xs), batch_size)):
         stop = min(start + batch_size, len(xs))
         out = bufs[k % len(bufs)][: stop - start]

@@ -176,6 +176,9 @@ _METHOD_PARAMS: dict[str, dict[str, Any]] = {
         "ink_grow_um": 48.0,
         # dilation of the ink label over its anti-aliased edge (µm)
         "ink_margin_um": 8.0,
+        # the ink analysis runs on a grid this many mask pixels wide (area means of the OD), its result
+        # copied back to the mask pixels; 1 = on the mask grid itself
+        "ink_grid": 2,
     },
     "otsu": {
         # number of Otsu classes (2 or 3); tissue = every class below the top one
@@ -413,7 +416,7 @@ def _tissue_mask(slide: Slide, mpp: float, method: str, params: dict[str, Any]) 
         # mask finer than the slide's finest level: classify the level itself (the finer grid holds no more
         # information, and 4x the pixels would cost 4x the time), then copy each label to the mask pixels
         # whose centres it holds
-        labels, stats = _classify(slide.read_level(level), math.sqrt(lmx * lmy), method, params)
+        labels, stats = _classify(_read_level(slide, level), math.sqrt(lmx * lmy), method, params)
         rows = np.floor((np.arange(out_h) + 0.5) * mpp / lmy).astype(np.int64)
         cols = np.floor((np.arange(out_w) + 0.5) * mpp / lmx).astype(np.int64)
         mask = np.zeros((out_h, out_w), np.uint8)
@@ -486,6 +489,44 @@ def level_on_mask_grid(slide: Slide, level: int, shape: tuple[int, int], f: tupl
     return _area_resize(_box_shrink(slide, level, k), fx / k, fy / k, shape)
 
 
+#: decoder threads for the level the mask reads
+_READ_THREADS = 2
+
+
+def _read_level(slide: Slide, level: int) -> np.ndarray:
+    """``slide.read_level(level)`` decoded on :data:`_READ_THREADS` threads (:func:`_read_rows`)."""
+    lw, lh = slide.level_dimensions[level]
+    return _read_rows(slide, level, 0, lh, lw)
+
+
+def _read_rows(slide: Slide, level: int, y0: int, y1: int, width: int) -> np.ndarray:
+    """Rows ``y0 .. y1`` and columns ``0 .. width`` of ``level`` (white past its edge) as (h, w, 3) uint8.
+
+    Decoded as :data:`_READ_THREADS` bands of rows on as many threads, split
+    at a stored tile row where the reader tells its tiles, so no tile is
+    decoded twice; the decoders (libjpeg-turbo, OpenSlide) release the GIL.
+    Any reader works this way, not only those whose ``read_regions_into``
+    takes threads itself.
+    """
+    out = np.empty((y1 - y0, width, 3), np.uint8)
+    tile_h = (slide.stored_tile_size(level) or (width, 1))[1]
+    # equal bands, their edges moved to the nearest tile row
+    cuts = (round((y0 + j * (y1 - y0) / _READ_THREADS) / tile_h) * tile_h for j in range(1, _READ_THREADS))
+    edges = sorted({y0, y1, *(c for c in cuts if y0 < c < y1)})
+    bands = list(zip(edges[:-1], edges[1:]))
+
+    def read(band: tuple[int, int]) -> None:
+        a, b = band
+        slide.read_regions_into(level, np.array([0]), np.array([a]), width, b - a, out[None, a - y0 : b - y0])
+
+    if len(bands) == 1:
+        read(bands[0])
+    else:
+        with ThreadPoolExecutor(len(bands)) as pool:
+            list(pool.map(read, bands))
+    return out
+
+
 def _strips(slide: Slide, level: int, width: int, rows: int):
     """Yield ``(y0, rgb)``: rows ``y0 .. y0 + rows`` of ``level``, ``width`` columns (white past its edge).
 
@@ -497,7 +538,7 @@ def _strips(slide: Slide, level: int, width: int, rows: int):
     starts = range(0, lh, rows)
 
     def read(y0: int) -> np.ndarray:
-        return slide.read_region(level, 0, y0, width, min(rows, lh - y0))
+        return _read_rows(slide, level, y0, min(lh, y0 + rows), width)
 
     if len(starts) == 1:
         yield 0, read(0)
@@ -536,7 +577,7 @@ def _area_resize_streamed(slide: Slide, level: int, fx: float, fy: float, shape:
     out_h, out_w = shape
     lw, lh = slide.level_dimensions[level]
     if (lh, lw) == (out_h, out_w) and fx == fy == 1:
-        return slide.read_level(level)
+        return _read_level(slide, level)
     nx, ny = _grid_count(out_w, fx), _grid_count(out_h, fy)
     wp, hp = max(1, round(nx * fx)), max(1, round(ny * fy))
     every = max(1, int(_STRIP_ROWS / fy))
@@ -627,6 +668,8 @@ def _disk(radius_px: float) -> np.ndarray | None:
 
 def _close_open(tissue: np.ndarray, closing_px: float, opening_px: float) -> np.ndarray:
     """Closing then opening with disks; outside the mask neither adds nor removes tissue (OpenCV's default border)."""
+    if _disk(closing_px) is None and _disk(opening_px) is None:
+        return tissue
     m = tissue.astype(np.uint8)
     for op, radius in ((cv2.MORPH_CLOSE, closing_px), (cv2.MORPH_OPEN, opening_px)):
         se = _disk(radius)
@@ -768,17 +811,22 @@ def _od_labels(
     threshold, stats = _od_threshold(density[inner][::step, ::step], p)
     stats["white_point"] = [round(float(v), 1) for v in white]
     tissue = density >= round(threshold * OD_SCALE)
-    ink = np.zeros(tissue.shape, bool)
-    if p["detect_ink"] and tissue.any():
-        ink = _ink(od, density, tissue, mpp, p, stats)
-    tissue = _close_open(tissue & ~ink, float(p["closing_um"]) / mpp, float(p["opening_um"]) / mpp) & ~ink
+    ink = _ink(od, density, tissue, mpp, p, stats) if p["detect_ink"] and tissue.any() else None
+    closing, opening = float(p["closing_um"]) / mpp, float(p["opening_um"]) / mpp
+    if ink is not None:
+        tissue &= ~ink
+    tissue = _close_open(tissue, closing, opening)
+    if ink is not None and (_disk(closing) is not None or _disk(opening) is not None):
+        tissue &= ~ink
     debris = _debris(tissue, od, mpp, p) if p["min_object_um2"] else None
     if p["min_hole_um2"]:
-        tissue |= _small_components(~tissue & ~ink, float(p["min_hole_um2"]) / mpp**2, enclosed=True)
+        holes = ~tissue if ink is None else ~tissue & ~ink
+        tissue |= _small_components(holes, float(p["min_hole_um2"]) / mpp**2, enclosed=True)
     labels = tissue.view(np.uint8) * np.uint8(TISSUE)
     if debris is not None:
-        labels[debris] = DEBRIS
-    labels[ink] = INK
+        np.copyto(labels, DEBRIS, where=debris)
+    if ink is not None:
+        np.copyto(labels, INK, where=ink)
     return labels, stats
 
 
@@ -797,30 +845,47 @@ def _od_threshold(density: np.ndarray, p: dict[str, Any]) -> tuple[float, dict[s
     return used, {"od_threshold": used, "faint": faint}
 
 
-def _debris(tissue: np.ndarray, od: np.ndarray, mpp: float, p: dict[str, Any]) -> np.ndarray:
+def _debris(tissue: np.ndarray, od: np.ndarray, mpp: float, p: dict[str, Any]) -> np.ndarray | None:
     """Small components that are dust or specks: under ``min_object_um2`` and achromatic, or of 2 px or less.
 
     A small tissue fragment is kept: it carries the stain's colour, dust and dirt are grey or black.
+    Returns a boolean image, or None when there is no debris.
     """
-    n, labels, cstats, _ = cv2.connectedComponentsWithStats(tissue.view(np.uint8), connectivity=8)
-    area = cstats[:, cv2.CC_STAT_AREA]
+    n, labels = _components(tissue)
+    area = _label_counts(labels, None, n)
     small = area < float(p["min_object_um2"]) / mpp**2
     small[0] = False
     if not small.any():
-        return np.zeros(tissue.shape, bool)
+        return None
     # one gather over the image; everything after it on the small components' pixels only
-    inside = small[labels]
-    lab = labels[inside]
-    vec = od[inside]
+    idx = np.flatnonzero(small[labels])
+    lab = labels.ravel()[idx]
+    vec = od.reshape(-1, 3)[idx]
     mean_od = np.stack([np.bincount(lab, weights=vec[:, c], minlength=n) for c in range(3)], axis=1)
     unit = mean_od / np.maximum(np.linalg.norm(mean_od, axis=1, keepdims=True), 1e-9)
     grey = unit.max(axis=1) - unit.min(axis=1) < float(p["debris_max_chroma"])
-    inside[inside] = (grey | (area <= 2))[lab]
-    return inside
+    debris = np.zeros(tissue.shape, bool)
+    debris.ravel()[idx[(grey | (area <= 2))[lab]]] = True
+    return debris
 
 
-def _label_counts(labels: np.ndarray, where: np.ndarray, n: int) -> np.ndarray:
-    """Pixel count of each label 0..n-1 of ``labels`` (uint16 or float32) where ``where`` (uint8) is non-zero."""
+def _components(m: np.ndarray) -> tuple[int, np.ndarray]:
+    """(count, labels) of the 8-connected components of a boolean image, labels uint16 when they fit.
+
+    Without the per-component statistics (a second pass as long as the labelling), and 16-bit labels
+    halve the memory traffic of the gathers that follow; a slide of 65535 components or more (dust) is
+    labelled again in 32 bits.
+    """
+    try:
+        return cv2.connectedComponents(m.view(np.uint8), connectivity=8, ltype=cv2.CV_16U)
+    except cv2.error:
+        return cv2.connectedComponents(m.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+
+
+def _label_counts(labels: np.ndarray, where: np.ndarray | None, n: int) -> np.ndarray:
+    """Pixel count of each label 0..n-1 of ``labels`` where ``where`` (uint8, or None: all) is non-zero."""
+    if labels.dtype not in (np.uint16, np.float32):  # int32 labels: not a calcHist depth
+        return np.bincount(labels.ravel() if where is None else labels[where.view(bool)], minlength=n)
     return cv2.calcHist([labels], [0], where, [n], [0, n]).ravel().astype(np.int64)
 
 
@@ -886,16 +951,24 @@ def _ink_features(
 
 def _ink(
     od: np.ndarray, density: np.ndarray, tissue: np.ndarray, mpp: float, p: dict[str, Any], stats: dict[str, Any]
-) -> np.ndarray:
-    """Pen / marker ink: dense, off the slide's stain colour (or black), uniform, and stroke-shaped or on glass.
+) -> np.ndarray | None:
+    """Pen / marker ink (a boolean image, None when there is none): dense, off the slide's stain colour (or black), uniform, and stroke-shaped or on glass.
 
     ``od`` (H, W, 3) and ``density`` (H, W) are uint8 in 1/OD_SCALE steps.
+    The per-pixel tests (:func:`_ink_features`) and the growth run on the mask
+    grid; the candidate components and their shape and context tests run on
+    a grid ``k = ink_grid`` times coarser (:func:`_stroke_components`). Ink
+    is a large object (``ink_min_area_um2``, 20000 µm², is 312 px at 8 µm/px),
+    so a coarse pixel holding any candidate is a candidate, and the
+    component's area and votes are counts of its mask pixels; each full-image
+    pass of that analysis (labelling, distance transform, ring) then costs
+    1/k² as much.
     """
     # colour features only where ink can be: dense tissue pixels (a fraction of the slide), as flat vectors
     idx = np.flatnonzero(tissue & (density >= round(float(p["ink_min_od"]) * OD_SCALE)))
     stats["ink_components"] = 0
     if idx.size == 0:
-        return np.zeros(tissue.shape, bool)
+        return None
     # the slide's own stain colour: median unit OD vector of its tissue (ink is a minority of it)
     step = _sample_step(np.count_nonzero(tissue))
     t_sample = od[::step, ::step][tissue[::step, ::step]]
@@ -911,21 +984,70 @@ def _ink(
         out[idx[values]] = 1
         return out.reshape(tissue.shape)
 
-    cand = cv2.morphologyEx(image(cand_v), cv2.MORPH_CLOSE, _disk(1.5))
-    n, labels, cstats, _ = cv2.connectedComponentsWithStats(cand, connectivity=8)
-    area = cstats[:, cv2.CC_STAT_AREA].astype(np.float64)
+    h, w = tissue.shape
+    k = int(p["ink_grid"])
+    hc, wc = h // k, w // k
+    cand = image(cand_v)
+    if k == 1 or min(hc, wc) < 8:
+        cand = cv2.morphologyEx(cand, cv2.MORPH_CLOSE, _disk(1.5))
+        n, labels, cstats, _ = cv2.connectedComponentsWithStats(cand, connectivity=8)
+        lab_v = labels.ravel()[idx]
+        votes = (cstats[:, cv2.CC_STAT_AREA], np.bincount(lab_v[smooth_v], minlength=n),
+                 np.bincount(lab_v[off_v], minlength=n))  # fmt: skip
+        keep = _stroke_components(labels, cstats, votes, tissue, 1, mpp, p)
+        strokes = keep[labels].view(np.uint8) if keep.any() else None
+    else:
+        # each candidate mask pixel's coarse pixel (the last h % k rows and w % k columns go to their
+        # neighbours'); a coarse pixel holding a candidate is one, and a component's area and votes count
+        # its candidate mask pixels
+        rows, cols = np.divmod(idx[cand_v], w)
+        ci = np.minimum(rows // k, hc - 1) * wc + np.minimum(cols // k, wc - 1)
+        cand_c = np.zeros(hc * wc, np.uint8)
+        cand_c[ci] = 1
+        n, labels, cstats, _ = cv2.connectedComponentsWithStats(cand_c.reshape(hc, wc), connectivity=8)
+        lab = labels.ravel()[ci]
+        votes = (np.bincount(lab, minlength=n), np.bincount(lab[smooth_v[cand_v]], minlength=n),
+                 np.bincount(lab[off_v[cand_v]], minlength=n))  # fmt: skip
+        # the coarse tissue for the context test: the block's majority (rounded mean of 0/1)
+        tissue_c = cv2.resize(tissue[: hc * k, : wc * k].view(np.uint8), (wc, hc), interpolation=cv2.INTER_AREA) > 0
+        keep = _stroke_components(labels, cstats, votes, tissue_c, k, mpp, p)
+        strokes = None
+        if keep.any():
+            # the kept components' candidate pixels on the mask grid
+            up = np.empty((h, w), np.uint8)
+            cv2.resize(keep[labels].view(np.uint8), (wc * k, hc * k), dst=up[: hc * k, : wc * k],
+                       interpolation=cv2.INTER_NEAREST)  # fmt: skip
+            up[hc * k :], up[:, wc * k :] = up[hc * k - 1], up[:, wc * k - 1 : wc * k]
+            strokes = cv2.bitwise_and(up, cand, dst=up)
+    stats["ink_components"] = int(keep.sum())
+    if strokes is None:
+        return None
+    return _grow_ink(strokes, image(loose_v), tissue, mpp, p)
+
+
+def _stroke_components(
+    labels: np.ndarray, cstats: np.ndarray, votes: tuple[np.ndarray, ...], tissue: np.ndarray, k: int,
+    mpp: float, p: dict[str, Any],
+) -> np.ndarray:
+    """Which candidate components are ink strokes (boolean per label; label 0 is never ink).
+
+    ``labels``/``cstats`` are the components on a grid of ``k`` mask pixels
+    (``mpp`` µm each), ``votes`` = (candidate pixels, smooth ones, off-stain
+    ones) per component counted on the mask grid, ``tissue`` the tissue on the
+    components' grid. A stroke is big (``ink_min_area_um2``), off the stain or
+    smooth for most of its pixels, and elongated or lying mostly on glass.
+    """
+    n = len(cstats)
+    area, smooth_n, off_n = votes
     big = area >= float(p["ink_min_area_um2"]) / mpp**2
     big[0] = False
-    if not big.any():
-        return np.zeros(tissue.shape, bool)
     # off the stain (or black) for most of its pixels, or else smooth: ink of the stain's own hue
-    lab_v = labels.ravel()[idx]
-    uniform = np.bincount(lab_v[smooth_v], minlength=n) >= 0.5 * area
-    off = np.bincount(lab_v[off_v], minlength=n) >= 0.5 * area
+    uniform = smooth_n >= 0.5 * area
+    off = off_n >= 0.5 * area
     # only those can be ink: shape and context are measured for them alone
     big &= off | uniform
     if not big.any():
-        return np.zeros(tissue.shape, bool)
+        return big
     # shape and context of the big components only, in their bounding box
     x0, y0 = cstats[big, cv2.CC_STAT_LEFT].min(), cstats[big, cv2.CC_STAT_TOP].min()
     x1 = (cstats[big, cv2.CC_STAT_LEFT] + cstats[big, cv2.CC_STAT_WIDTH]).max()
@@ -938,7 +1060,7 @@ def _ink(
     blabels = compact[labels[box]]
     inside = (blabels > 0).view(np.uint8)
     # stroke shape: length / width = area / (2 r)², r = largest inscribed radius (distance transform),
-    # the maximum taken per component over its own bounding box
+    # the maximum taken per component over its own bounding box; both on the components' own grid
     dist = cv2.distanceTransform(inside, cv2.DIST_L2, 5)
     radius = np.zeros(n)
     if big_ids.size <= 256:
@@ -950,33 +1072,38 @@ def _ink(
         r_big = np.zeros(big_ids.size + 1)
         np.maximum.at(r_big, blabels[inside.view(bool)].astype(np.int64), dist[inside.view(bool)])
         radius[big_ids] = r_big[1:]
-    elongation = area / np.maximum(2 * radius, 1) ** 2
+    elongation = cstats[:, cv2.CC_STAT_AREA] / np.maximum(2 * radius, 1) ** 2
     del dist  # a float per pixel of the box: free it before the ring's temporaries
-    # context: share of a 3-pixel ring around the component that is background (a dilation of the
-    # labels gives each ring pixel the label of a component it is next to)
-    ring_labels = cv2.dilate(blabels, np.ones((7, 7), np.uint8))
+    # context: share of a ring of 3 mask pixels around the component that is background (a dilation of
+    # the labels gives each ring pixel the label of a component it is next to)
+    ring_px = 2 * max(1, round(3 / k)) + 1
+    ring_labels = cv2.dilate(blabels, np.ones((ring_px, ring_px), np.uint8))
     ring = cv2.bitwise_and(cv2.compare(ring_labels, 0, cv2.CMP_GT), cv2.compare(inside, 0, cv2.CMP_EQ))
     ring_n = _label_counts(ring_labels, ring, big_ids.size + 1)[1:]
     ring_bg = _label_counts(ring_labels, cv2.bitwise_and(ring, cv2.compare(tissue[box].view(np.uint8), 0, cv2.CMP_EQ)), big_ids.size + 1)[1:]
     on_glass = np.zeros(n, bool)
     on_glass[big_ids] = ring_bg >= 0.5 * np.maximum(ring_n, 1)
-    keep = big & (off | uniform) & ((elongation >= float(p["ink_min_elongation"])) | on_glass)
+    keep = big & ((elongation >= float(p["ink_min_elongation"])) | on_glass)
     keep[0] = False
-    stats["ink_components"] = int(keep.sum())
-    if not keep.any():
-        return np.zeros(tissue.shape, bool)
-    # hysteresis: grow the accepted strokes into adjacent dense pixels of a looser colour test (ink over
-    # tissue mixes with the stain), a few pixels at a time so it cannot flood the tissue; then cover the
-    # stroke's soft edge. Both in the kept strokes' bounding box plus the growth.
+    return keep
+
+
+def _grow_ink(strokes: np.ndarray, loose: np.ndarray, tissue: np.ndarray, mpp: float, p: dict[str, Any]) -> np.ndarray:
+    """Accepted strokes (uint8 0/1) grown into adjacent pixels of ``loose`` (uint8 0/1), then by the margin.
+
+    Hysteresis: ink over tissue mixes with the stain, so the strokes grow into
+    adjacent dense pixels of the looser colour test, one pixel at a time for
+    ``ink_grow_um`` so that it cannot flood the tissue; then the margin covers
+    the stroke's soft edge (tissue pixels only). Both in the strokes' bounding
+    box plus the growth.
+    """
     steps = max(1, round(float(p["ink_grow_um"]) / mpp))
     margin = _disk(float(p["ink_margin_um"]) / mpp)
     pad = steps + (margin.shape[0] // 2 if margin is not None else 0) + 1
-    x0, y0 = cstats[keep, cv2.CC_STAT_LEFT].min(), cstats[keep, cv2.CC_STAT_TOP].min()
-    x1 = (cstats[keep, cv2.CC_STAT_LEFT] + cstats[keep, cv2.CC_STAT_WIDTH]).max()
-    y1 = (cstats[keep, cv2.CC_STAT_TOP] + cstats[keep, cv2.CC_STAT_HEIGHT]).max()
-    box = (slice(max(0, y0 - pad), y1 + pad), slice(max(0, x0 - pad), x1 + pad))
-    ink = keep[labels[box]].view(np.uint8)
-    loose = image(loose_v)[box]
+    x, y, bw, bh = cv2.boundingRect(strokes)
+    box = (slice(max(0, y - pad), y + bh + pad), slice(max(0, x - pad), x + bw + pad))
+    ink = np.ascontiguousarray(strokes[box])
+    loose = loose[box]
     grown = np.empty_like(ink)
     for _ in range(steps):
         cv2.dilate(ink, np.ones((3, 3), np.uint8), dst=grown)

@@ -984,6 +984,10 @@ def _ink(
         out[idx[values]] = 1
         return out.reshape(tissue.shape)
 
+    def steps_of(grid_mpp: float) -> int:  # the growth in pixels of a grid
+        return max(1, round(float(p["ink_grow_um"]) / grid_mpp))
+
+    margin_px = float(p["ink_margin_um"]) / mpp
     h, w = tissue.shape
     k = int(p["ink_grid"])
     hc, wc = h // k, w // k
@@ -997,11 +1001,12 @@ def _ink(
         keep = _stroke_components(labels, cstats, votes, tissue, 1, mpp, p)
         strokes = keep[labels].view(np.uint8) if keep.any() else None
     else:
-        # each candidate mask pixel's coarse pixel (the last h % k rows and w % k columns go to their
+        # each dense mask pixel's coarse pixel (the last h % k rows and w % k columns go to their
         # neighbours'); a coarse pixel holding a candidate is one, and a component's area and votes count
         # its candidate mask pixels
-        rows, cols = np.divmod(idx[cand_v], w)
-        ci = np.minimum(rows // k, hc - 1) * wc + np.minimum(cols // k, wc - 1)
+        rows, cols = np.divmod(idx, w)
+        ci_all = np.minimum(rows // k, hc - 1) * wc + np.minimum(cols // k, wc - 1)
+        ci = ci_all[cand_v]
         cand_c = np.zeros(hc * wc, np.uint8)
         cand_c[ci] = 1
         n, labels, cstats, _ = cv2.connectedComponentsWithStats(cand_c.reshape(hc, wc), connectivity=8)
@@ -1011,18 +1016,23 @@ def _ink(
         # the coarse tissue for the context test: the block's majority (rounded mean of 0/1)
         tissue_c = cv2.resize(tissue[: hc * k, : wc * k].view(np.uint8), (wc, hc), interpolation=cv2.INTER_AREA) > 0
         keep = _stroke_components(labels, cstats, votes, tissue_c, k, mpp, p)
-        strokes = None
-        if keep.any():
-            # the kept components' candidate pixels on the mask grid
-            up = np.empty((h, w), np.uint8)
-            cv2.resize(keep[labels].view(np.uint8), (wc * k, hc * k), dst=up[: hc * k, : wc * k],
-                       interpolation=cv2.INTER_NEAREST)  # fmt: skip
-            up[hc * k :], up[:, wc * k :] = up[hc * k - 1], up[:, wc * k - 1 : wc * k]
-            strokes = cv2.bitwise_and(up, cand, dst=up)
+        stats["ink_components"] = int(keep.sum())
+        if not keep.any():
+            return None
+        # the growth on the coarse grid too (a coarse pixel holding a loose pixel is loose), then back on
+        # the mask grid: the candidate or loose pixels of the grown strokes, and the margin
+        loose_c = np.zeros(hc * wc, np.uint8)
+        loose_c[ci_all[loose_v]] = 1
+        grown_c = _grow_ink(keep[labels].view(np.uint8), loose_c.reshape(hc, wc), None, steps_of(mpp * k), 0)
+        up = np.empty((h, w), np.uint8)
+        cv2.resize(grown_c, (wc * k, hc * k), dst=up[: hc * k, : wc * k], interpolation=cv2.INTER_NEAREST)
+        up[hc * k :], up[:, wc * k :] = up[hc * k - 1], up[:, wc * k - 1 : wc * k]
+        strokes = cv2.bitwise_and(up, cv2.bitwise_or(cand, image(loose_v)), dst=up)
+        return _grow_ink(strokes, None, tissue, 0, margin_px).view(bool)
     stats["ink_components"] = int(keep.sum())
     if strokes is None:
         return None
-    return _grow_ink(strokes, image(loose_v), tissue, mpp, p)
+    return _grow_ink(strokes, image(loose_v), tissue, steps_of(mpp), margin_px).view(bool)
 
 
 def _stroke_components(
@@ -1088,28 +1098,30 @@ def _stroke_components(
     return keep
 
 
-def _grow_ink(strokes: np.ndarray, loose: np.ndarray, tissue: np.ndarray, mpp: float, p: dict[str, Any]) -> np.ndarray:
-    """Accepted strokes (uint8 0/1) grown into adjacent pixels of ``loose`` (uint8 0/1), then by the margin.
+def _grow_ink(
+    strokes: np.ndarray, loose: np.ndarray | None, tissue: np.ndarray | None, steps: int, margin_px: float
+) -> np.ndarray:
+    """Accepted strokes (uint8 0/1) grown ``steps`` times into adjacent pixels of ``loose`` (uint8 0/1), then by a disk.
 
     Hysteresis: ink over tissue mixes with the stain, so the strokes grow into
-    adjacent dense pixels of the looser colour test, one pixel at a time for
-    ``ink_grow_um`` so that it cannot flood the tissue; then the margin covers
-    the stroke's soft edge (tissue pixels only). Both in the strokes' bounding
-    box plus the growth.
+    adjacent dense pixels of the looser colour test, one pixel at a time so
+    that it cannot flood the tissue; then a disk of ``margin_px`` covers the
+    stroke's soft edge (``tissue`` pixels only). Both in the strokes' bounding
+    box plus the growth. Returns uint8 0/1 of the strokes' shape.
     """
-    steps = max(1, round(float(p["ink_grow_um"]) / mpp))
-    margin = _disk(float(p["ink_margin_um"]) / mpp)
+    margin = _disk(margin_px)
     pad = steps + (margin.shape[0] // 2 if margin is not None else 0) + 1
     x, y, bw, bh = cv2.boundingRect(strokes)
     box = (slice(max(0, y - pad), y + bh + pad), slice(max(0, x - pad), x + bw + pad))
     ink = np.ascontiguousarray(strokes[box])
-    loose = loose[box]
-    grown = np.empty_like(ink)
-    for _ in range(steps):
-        cv2.dilate(ink, np.ones((3, 3), np.uint8), dst=grown)
-        cv2.bitwise_or(cv2.bitwise_and(grown, loose, dst=grown), ink, dst=ink)
+    if steps:
+        loose = loose[box]
+        grown = np.empty_like(ink)
+        for _ in range(steps):
+            cv2.dilate(ink, np.ones((3, 3), np.uint8), dst=grown)
+            cv2.bitwise_or(cv2.bitwise_and(grown, loose, dst=grown), ink, dst=ink)
     if margin is not None:
         ink = cv2.dilate(ink, margin) & tissue[box].view(np.uint8)
-    out = np.zeros(tissue.shape, bool)
-    out[box] = ink.view(bool)
+    out = np.zeros(strokes.shape, np.uint8)
+    out[box] = ink
     return out

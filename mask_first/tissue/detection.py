@@ -404,6 +404,8 @@ def _resolve(method: str, params: dict[str, Any]) -> dict[str, Any]:
             )
     if method == "od" and not 0 < float(resolved["min_od"]) < 3:
         raise ValueError(f"min_od must be in (0, 3), got {resolved['min_od']}")
+    if method == "od" and not (int(resolved["ink_grid"]) == resolved["ink_grid"] and resolved["ink_grid"] >= 1):
+        raise ValueError(f"ink_grid must be a whole number >= 1, got {resolved['ink_grid']}")
     return resolved
 
 
@@ -811,7 +813,7 @@ def _od_labels(
     threshold, stats = _od_threshold(density[inner][::step, ::step], p)
     stats["white_point"] = [round(float(v), 1) for v in white]
     tissue = density >= round(threshold * OD_SCALE)
-    ink = _ink(od, density, tissue, mpp, p, stats) if p["detect_ink"] and tissue.any() else None
+    ink = _ink(od, density, tissue, round(threshold * OD_SCALE), mpp, p, stats) if p["detect_ink"] and tissue.any() else None
     closing, opening = float(p["closing_um"]) / mpp, float(p["opening_um"]) / mpp
     if ink is not None:
         tissue &= ~ink
@@ -950,22 +952,28 @@ def _ink_features(
 
 
 def _ink(
-    od: np.ndarray, density: np.ndarray, tissue: np.ndarray, mpp: float, p: dict[str, Any], stats: dict[str, Any]
+    od: np.ndarray, density: np.ndarray, tissue: np.ndarray, threshold: int, mpp: float, p: dict[str, Any],
+    stats: dict[str, Any],
 ) -> np.ndarray | None:
-    """Pen / marker ink (a boolean image, None when there is none): dense, off the slide's stain colour (or black), uniform, and stroke-shaped or on glass.
+    """Pen / marker ink, a boolean image (None when there is none).
 
-    ``od`` (H, W, 3) and ``density`` (H, W) are uint8 in 1/OD_SCALE steps.
-    The per-pixel tests (:func:`_ink_features`) and the growth run on the mask
-    grid; the candidate components and their shape and context tests run on
-    a grid ``k = ink_grid`` times coarser (:func:`_stroke_components`). Ink
-    is a large object (``ink_min_area_um2``, 20000 µm², is 312 px at 8 µm/px),
-    so a coarse pixel holding any candidate is a candidate, and the
-    component's area and votes are counts of its mask pixels; each full-image
-    pass of that analysis (labelling, distance transform, ring) then costs
-    1/k² as much.
+    Ink is dense, off the slide's stain colour (or black), uniform, and
+    stroke-shaped or on glass. ``od`` (H, W, 3) and ``density`` (H, W) are
+    uint8 in 1/OD_SCALE steps, ``tissue`` is ``density >= threshold``.
+
+    The per-pixel tests (:func:`_ink_features`) run on the mask grid; the
+    candidate components, their shape and context tests
+    (:func:`_stroke_components`) and the growth run on a grid ``k =
+    ink_grid`` times coarser. Ink is a large object (``ink_min_area_um2``,
+    20000 µm², is 312 px at 8 µm/px), so a coarse pixel holding any candidate
+    is a candidate, a component's area and votes are counts of its mask
+    pixels, and each full-image pass of that analysis (labelling, distance
+    transform, ring, growth) costs 1/k² as much. Back on the mask grid, the
+    grown strokes keep their candidate or loose pixels and get the margin.
     """
     # colour features only where ink can be: dense tissue pixels (a fraction of the slide), as flat vectors
-    idx = np.flatnonzero(tissue & (density >= round(float(p["ink_min_od"]) * OD_SCALE)))
+    ink_min = round(float(p["ink_min_od"]) * OD_SCALE)
+    idx = np.flatnonzero(tissue & (density >= ink_min) if ink_min < threshold else density >= ink_min)
     stats["ink_components"] = 0
     if idx.size == 0:
         return None
@@ -992,47 +1000,45 @@ def _ink(
     k = int(p["ink_grid"])
     hc, wc = h // k, w // k
     cand = image(cand_v)
-    if k == 1 or min(hc, wc) < 8:
+    if k == 1 or min(hc, wc) < 8:  # on the mask grid itself (also for masks of a few pixels)
         cand = cv2.morphologyEx(cand, cv2.MORPH_CLOSE, _disk(1.5))
         n, labels, cstats, _ = cv2.connectedComponentsWithStats(cand, connectivity=8)
         lab_v = labels.ravel()[idx]
         votes = (cstats[:, cv2.CC_STAT_AREA], np.bincount(lab_v[smooth_v], minlength=n),
                  np.bincount(lab_v[off_v], minlength=n))  # fmt: skip
         keep = _stroke_components(labels, cstats, votes, tissue, 1, mpp, p)
-        strokes = keep[labels].view(np.uint8) if keep.any() else None
-    else:
-        # each dense mask pixel's coarse pixel (the last h % k rows and w % k columns go to their
-        # neighbours'); a coarse pixel holding a candidate is one, and a component's area and votes count
-        # its candidate mask pixels
-        rows, cols = np.divmod(idx, w)
-        ci_all = np.minimum(rows // k, hc - 1) * wc + np.minimum(cols // k, wc - 1)
-        ci = ci_all[cand_v]
-        cand_c = np.zeros(hc * wc, np.uint8)
-        cand_c[ci] = 1
-        n, labels, cstats, _ = cv2.connectedComponentsWithStats(cand_c.reshape(hc, wc), connectivity=8)
-        lab = labels.ravel()[ci]
-        votes = (np.bincount(lab, minlength=n), np.bincount(lab[smooth_v[cand_v]], minlength=n),
-                 np.bincount(lab[off_v[cand_v]], minlength=n))  # fmt: skip
-        # the coarse tissue for the context test: the block's majority (rounded mean of 0/1)
-        tissue_c = cv2.resize(tissue[: hc * k, : wc * k].view(np.uint8), (wc, hc), interpolation=cv2.INTER_AREA) > 0
-        keep = _stroke_components(labels, cstats, votes, tissue_c, k, mpp, p)
         stats["ink_components"] = int(keep.sum())
         if not keep.any():
             return None
-        # the growth on the coarse grid too (a coarse pixel holding a loose pixel is loose), then back on
-        # the mask grid: the candidate or loose pixels of the grown strokes, and the margin
-        loose_c = np.zeros(hc * wc, np.uint8)
-        loose_c[ci_all[loose_v]] = 1
-        grown_c = _grow_ink(keep[labels].view(np.uint8), loose_c.reshape(hc, wc), None, steps_of(mpp * k), 0)
-        up = np.empty((h, w), np.uint8)
-        cv2.resize(grown_c, (wc * k, hc * k), dst=up[: hc * k, : wc * k], interpolation=cv2.INTER_NEAREST)
-        up[hc * k :], up[:, wc * k :] = up[hc * k - 1], up[:, wc * k - 1 : wc * k]
-        strokes = cv2.bitwise_and(up, cv2.bitwise_or(cand, image(loose_v)), dst=up)
-        return _grow_ink(strokes, None, tissue, 0, margin_px).view(bool)
+        return _grow_ink(keep[labels].view(np.uint8), image(loose_v), tissue, steps_of(mpp), margin_px).view(bool)
+    # each dense mask pixel's coarse pixel (the last h % k rows and w % k columns go to their neighbours');
+    # a coarse pixel holding a candidate is one, a component's area and votes count its candidate mask pixels
+    flat = idx.astype(np.int32) if tissue.size < 2**31 else idx  # int32 arithmetic is twice as fast
+    rows = flat // w
+    ci_all = np.minimum(rows // k, hc - 1) * wc + np.minimum((flat - rows * w) // k, wc - 1)
+    ci = ci_all[cand_v]
+    cand_c = np.zeros(hc * wc, np.uint8)
+    cand_c[ci] = 1
+    n, labels, cstats, _ = cv2.connectedComponentsWithStats(cand_c.reshape(hc, wc), connectivity=8)
+    lab = labels.ravel()[ci]
+    votes = (np.bincount(lab, minlength=n), np.bincount(lab[smooth_v[cand_v]], minlength=n),
+             np.bincount(lab[off_v[cand_v]], minlength=n))  # fmt: skip
+    # the coarse tissue for the context test: the block's majority (rounded mean of 0/1)
+    tissue_c = cv2.resize(tissue[: hc * k, : wc * k].view(np.uint8), (wc, hc), interpolation=cv2.INTER_AREA) > 0
+    keep = _stroke_components(labels, cstats, votes, tissue_c, k, mpp, p)
     stats["ink_components"] = int(keep.sum())
-    if strokes is None:
+    if not keep.any():
         return None
-    return _grow_ink(strokes, image(loose_v), tissue, steps_of(mpp), margin_px).view(bool)
+    # the growth (a coarse pixel holding a loose pixel is loose), then on the mask grid the grown strokes'
+    # candidate or loose pixels, and the margin
+    loose_c = np.zeros(hc * wc, np.uint8)
+    loose_c[ci_all[loose_v]] = 1
+    grown_c = _grow_ink(keep[labels].view(np.uint8), loose_c.reshape(hc, wc), None, steps_of(mpp * k), 0)
+    up = np.empty((h, w), np.uint8)
+    cv2.resize(grown_c, (wc * k, hc * k), dst=up[: hc * k, : wc * k], interpolation=cv2.INTER_NEAREST)
+    up[hc * k :], up[:, wc * k :] = up[hc * k - 1], up[:, wc * k - 1 : wc * k]
+    strokes = cv2.bitwise_and(up, cv2.bitwise_or(cand, image(loose_v)), dst=up)
+    return _grow_ink(strokes, None, tissue, 0, margin_px).view(bool)
 
 
 def _stroke_components(

@@ -442,6 +442,37 @@ def test_parameters_are_validated(rect_tiff):
         tissue_mask(rect_tiff, 8.0, closing_um=-1)
     with open_slide(rect_tiff) as slide, pytest.raises(ValueError, match="mpp_override"):
         tissue_mask(slide, 8.0, mpp_override=0.5)
+    for bad in (0, 1.5):
+        with pytest.raises(ValueError, match="ink_grid"):
+            tissue_mask(rect_tiff, 8.0, ink_grid=bad)
+
+
+def test_level_read_in_bands_on_two_threads_equals_one_read(rect_tiff):
+    """The band-split read gives the pixels of one ``read_region``, for any rows, white past the right edge."""
+    with open_slide(rect_tiff) as s:
+        for level in range(s.level_count):
+            lw, lh = s.level_dimensions[level]
+            np.testing.assert_array_equal(tissue_mod._read_level(s, level), s.read_level(level))
+            for y0, y1 in [(0, 1), (3, lh), (lh // 3, lh // 3 + 7), (1, lh - 1)]:
+                got = tissue_mod._read_rows(s, level, y0, y1, lw + 5)
+                np.testing.assert_array_equal(got, s.read_region(level, 0, y0, lw + 5, y1 - y0))
+
+
+def test_debris_past_16_bit_labels():
+    """90,000 isolated grey specks: more components than uint16 labels hold; every one is debris."""
+    from scipy import ndimage
+
+    specks = np.zeros((600, 600), bool)
+    specks[::2, ::2] = True  # 8-connected: each pixel its own component
+    n, labels = tissue_mod._components(specks)
+    assert labels.dtype == np.int32 and n - 1 == ndimage.label(specks, np.ones((3, 3)))[1] == 90000
+    od = np.full((600, 600, 3), 40, np.uint8)  # neutral grey
+    debris = tissue_mod._debris(specks, od, 8.0, tissue_mod.default_params("od"))
+    np.testing.assert_array_equal(debris, specks)
+    few = np.zeros((50, 50), bool)
+    few[10:12, 10:12] = few[30:40, 30:40] = True
+    n, labels = tissue_mod._components(few)
+    assert labels.dtype == np.uint16 and n == 3
 
 
 def test_slide_or_path_and_provenance(rect_tiff):
@@ -592,17 +623,18 @@ def scenes(tmp_path_factory):
             for k, v in specs.items()}  # fmt: skip
 
 
+@pytest.mark.parametrize("ink_grid", [2, 1])  # the default coarse ink analysis, and on the mask grid itself
 @pytest.mark.parametrize(("scene", "min_iou", "max_ink"), [
     ("he", 0.95, 0.05), ("inks", 0.93, 0.05), ("blue", 0.95, 0.15), ("pale", 0.95, 0.02), ("ihc", 0.95, 0.02),
 ])  # fmt: skip
-def test_od_synthetic_scenes_against_ground_truth(scenes, scene, min_iou, max_ink):
+def test_od_synthetic_scenes_against_ground_truth(scenes, scene, min_iou, max_ink, ink_grid):
     from mask_first.synthetic import synthetic_pen_mask, synthetic_tissue_mask
 
     path, spec = scenes[scene]
     geometry = {"seed": spec["seed"]}
     truth = synthetic_tissue_mask(8192, 6144, downsample=16, **geometry)
     ink = synthetic_pen_mask(8192, 6144, downsample=16, pen_mark=spec["pen_mark"], inks=spec.get("inks", ()), **geometry)
-    res = tissue_mask_with_info(path, 8.0)
+    res = tissue_mask_with_info(path, 8.0, ink_grid=ink_grid)
     assert res.mask.shape == truth.shape == (384, 512)
     got = res.mask == 255
     assert iou(got, truth & ~ink) >= min_iou, iou(got, truth & ~ink)

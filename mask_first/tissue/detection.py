@@ -62,8 +62,13 @@ Methods
        least ``ink_min_elongation``) or lies mostly on glass (>= half of a
        ring around it is background). Blue marrow therefore stays tissue: it
        is the slide's stain and it is textured; a blue marker stroke is
-       smooth, denser, bluer than the stain and long. Ink components are
-       dilated by ``ink_margin_um`` to take their anti-aliased edges.
+       smooth, denser, bluer than the stain and long. Accepted strokes grow
+       by ``ink_grow_um`` into adjacent pixels of a looser colour test and are
+       dilated by ``ink_margin_um`` to take their anti-aliased edges. The
+       per-pixel tests run on the mask grid; the components, their shape and
+       context, and the growth run on a grid ``ink_grid`` (2) mask pixels
+       wide (a block holding a candidate pixel is a candidate, areas and
+       votes count mask pixels), a quarter of the pixels to label and dilate.
     4. No closing by default (``closing_um`` = 0): holes, lumina and fat
        vacuoles of any size stay background, and the mask agrees with a
        plain OD threshold at tissue edges (closing by 8 µm cost 0.05 IoU on

@@ -1004,9 +1004,8 @@ def _ink(
     h, w = tissue.shape
     k = int(p["ink_grid"])
     hc, wc = h // k, w // k
-    cand = image(cand_v)
     if k == 1 or min(hc, wc) < 8:  # on the mask grid itself (also for masks of a few pixels)
-        cand = cv2.morphologyEx(cand, cv2.MORPH_CLOSE, _disk(1.5))
+        cand = cv2.morphologyEx(image(cand_v), cv2.MORPH_CLOSE, _disk(1.5))
         n, labels, cstats, _ = cv2.connectedComponentsWithStats(cand, connectivity=8)
         lab_v = labels.ravel()[idx]
         votes = (cstats[:, cv2.CC_STAT_AREA], np.bincount(lab_v[smooth_v], minlength=n),
@@ -1042,7 +1041,7 @@ def _ink(
     up = np.empty((h, w), np.uint8)
     cv2.resize(grown_c, (wc * k, hc * k), dst=up[: hc * k, : wc * k], interpolation=cv2.INTER_NEAREST)
     up[hc * k :], up[:, wc * k :] = up[hc * k - 1], up[:, wc * k - 1 : wc * k]
-    strokes = cv2.bitwise_and(up, cv2.bitwise_or(cand, image(loose_v)), dst=up)
+    strokes = cv2.bitwise_and(up, image(cand_v | loose_v), dst=up)
     return _grow_ink(strokes, None, tissue, 0, margin_px).view(bool)
 
 

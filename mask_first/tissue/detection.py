@@ -496,12 +496,13 @@ def level_on_mask_grid(slide: Slide, level: int, shape: tuple[int, int], f: tupl
     return _area_resize(_box_shrink(slide, level, k), fx / k, fy / k, shape)
 
 
-#: decoder threads for the level the mask reads
+#: decoder threads for the level the mask reads, and the rows of a band each reads at a time
 _READ_THREADS = 2
+_BAND_ROWS = 256
 
 
 def _read_level(slide: Slide, level: int) -> np.ndarray:
-    """``slide.read_level(level)`` decoded on :data:`_READ_THREADS` threads (:func:`_read_rows`)."""
+    """``slide.read_level(level)`` decoded in bands on :data:`_READ_THREADS` threads (:func:`_read_rows`)."""
     lw, lh = slide.level_dimensions[level]
     return _read_rows(slide, level, 0, lh, lw)
 
@@ -509,17 +510,19 @@ def _read_level(slide: Slide, level: int) -> np.ndarray:
 def _read_rows(slide: Slide, level: int, y0: int, y1: int, width: int) -> np.ndarray:
     """Rows ``y0 .. y1`` and columns ``0 .. width`` of ``level`` (white past its edge) as (h, w, 3) uint8.
 
-    Decoded as :data:`_READ_THREADS` bands of rows on as many threads, split
-    at a stored tile row where the reader tells its tiles, so no tile is
-    decoded twice; the decoders (libjpeg-turbo, OpenSlide) release the GIL.
-    Any reader works this way, not only those whose ``read_regions_into``
-    takes threads itself.
+    Read as bands of about :data:`_BAND_ROWS` rows on :data:`_READ_THREADS`
+    threads, the band edges on the stored tile rows where the reader tells
+    its tiles (no tile is decoded twice); the decoders (libjpeg-turbo,
+    OpenJPEG, OpenSlide) release the GIL. Any reader works this way, not only
+    those whose ``read_regions_into`` takes threads; OpenSlide also spends
+    less CPU on several short reads than on one long one (DICOM bone level:
+    33 ms in one read, 23-29 ms in bands of 256 rows).
     """
     out = np.empty((y1 - y0, width, 3), np.uint8)
     tile_h = (slide.stored_tile_size(level) or (width, 1))[1]
-    # equal bands, their edges moved to the nearest tile row
-    cuts = (round((y0 + j * (y1 - y0) / _READ_THREADS) / tile_h) * tile_h for j in range(1, _READ_THREADS))
-    edges = sorted({y0, y1, *(c for c in cuts if y0 < c < y1)})
+    step = max(1, round(_BAND_ROWS / tile_h)) * tile_h
+    # edges on multiples of step (so on tile rows), the first and last band cut to y0 / y1
+    edges = [y0, *range((y0 // step + 1) * step, y1, step), y1]
     bands = list(zip(edges[:-1], edges[1:]))
 
     def read(band: tuple[int, int]) -> None:
@@ -529,7 +532,7 @@ def _read_rows(slide: Slide, level: int, y0: int, y1: int, width: int) -> np.nda
     if len(bands) == 1:
         read(bands[0])
     else:
-        with ThreadPoolExecutor(len(bands)) as pool:
+        with ThreadPoolExecutor(min(_READ_THREADS, len(bands))) as pool:
             list(pool.map(read, bands))
     return out
 

@@ -181,8 +181,8 @@ _METHOD_PARAMS: dict[str, dict[str, Any]] = {
         "ink_grow_um": 48.0,
         # dilation of the ink label over its anti-aliased edge (µm)
         "ink_margin_um": 8.0,
-        # the ink analysis runs on a grid this many mask pixels wide (area means of the OD), its result
-        # copied back to the mask pixels; 1 = on the mask grid itself
+        # the ink components, their shape, context and growth are measured on a grid this many mask
+        # pixels wide (a block holding a candidate pixel is a candidate); 1 = on the mask grid itself
         "ink_grid": 2,
     },
     "otsu": {
@@ -821,7 +821,9 @@ def _od_labels(
     threshold, stats = _od_threshold(density[inner][::step, ::step], p)
     stats["white_point"] = [round(float(v), 1) for v in white]
     tissue = density >= round(threshold * OD_SCALE)
-    ink = _ink(od, density, tissue, round(threshold * OD_SCALE), mpp, p, stats) if p["detect_ink"] and tissue.any() else None
+    ink = None
+    if p["detect_ink"] and tissue.any():
+        ink = _ink(od, density, tissue, round(threshold * OD_SCALE), mpp, p, stats)
     closing, opening = float(p["closing_um"]) / mpp, float(p["opening_um"]) / mpp
     if ink is not None:
         tissue &= ~ink

@@ -101,3 +101,38 @@ def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
     data = imagecodecs.png_encode(np.ascontiguousarray(image), level=1)
     with atomic_path(path) as tmp:
         Path(tmp).write_bytes(data)
+
+
+def write_tsv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], *, float_format: str = "%.6g") -> None:
+    """Write rows as a tab-separated table with a header, atomically (the cohort summary).
+
+    Columns are the rows' keys in order of first appearance; a missing key or
+    None is an empty cell, floats are written with ``float_format`` (NaN:
+    empty), other values with ``str``. Cells holding a tab, quote or newline
+    are quoted (csv's minimal quoting), so pandas' ``read_csv(sep="\\t")``
+    reads the table back.
+    """
+    import csv
+    import math
+
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+
+    def cell(v):
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return ""
+        if isinstance(v, (float, np.floating)):
+            return float_format % v
+        return str(v)
+
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, delimiter="\t", lineterminator="\n")
+        w.writerow(columns)
+        w.writerows([cell(r.get(c)) for c in columns] for r in rows)
+
+
+def read_tsv(path: str | os.PathLike) -> list[dict[str, str]]:
+    """Rows of a table written by :func:`write_tsv`, every cell a string ('' when empty)."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f, delimiter="\t"))

@@ -10,7 +10,7 @@ same one-line error naming the slide.
 
 Every job is a fresh Python process, so each step imports the modules it
 uses inside its body: the tile job never loads the tissue detector, and no
-per-slide job loads pandas (about 0.6 s) -- only the cohort steps do.
+job loads pandas (about 0.6 s).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ THUMBNAIL_KEY = b"mask_first.thumbnail"
 
 
 class _PandasBlocker(importlib.abc.MetaPathFinder):
-    """Refuses ``import pandas`` while a per-slide step runs.
+    """Refuses ``import pandas`` while a step runs.
 
     pyarrow imports pandas (~0.6 s, twice what the rest of a lean job costs) the
     first time it converts anything, only to ask whether the input is a pandas
@@ -92,8 +92,8 @@ def run_step(slide_id: str | None, log_path: str | None, func: Callable, /, *arg
     the cohort tables can say which step failed and why; a rerun that
     succeeds leaves no failure behind.
 
-    Per-slide steps run without pandas unless ``func`` has a true
-    ``needs_pandas`` attribute (see :class:`_PandasBlocker`).
+    Steps run without pandas unless ``func`` has a true ``needs_pandas``
+    attribute (see :class:`_PandasBlocker`).
     """
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     failure = None
@@ -109,7 +109,7 @@ def run_step(slide_id: str | None, log_path: str | None, func: Callable, /, *arg
     where = f"slide {slide_id}" if slide_id else func.__name__
     t0 = time.perf_counter()
     try:
-        with _without_pandas(slide_id is not None and not getattr(func, "needs_pandas", False)):
+        with _without_pandas(not getattr(func, "needs_pandas", False)):
             result = func(*args, **kwargs)
     except Exception as exc:
         msg = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -507,7 +507,7 @@ def write_summary(
     border_fraction: float,
     area_outlier_z: float,
     ink_area_mm2: float,
-) -> "pandas.DataFrame":
+) -> list[dict[str, Any]]:
     """Per-slide summary of the cohort, every slide of the sheet, and its contact sheet.
 
     ``slides`` as for :func:`write_slide_table`, plus ``retained`` (the filter
@@ -522,14 +522,12 @@ def write_summary(
     ``pixels.corrupt_tiles: skip``, as ``tile_id@x,y``), ``mpp_override``,
     ``seconds_<step>``. Figures are read from the retained and pixel tables'
     Parquet metadata, never from the masks. ``out_sheet``: the HTML contact
-    sheet (:func:`mask_first.report.write_contact_sheet`).
+    sheet (:func:`mask_first.report.write_contact_sheet`). Returns the rows.
     """
     import json
 
-    import pandas as pd
-
     from mask_first.cohort import FLAGS, area_outliers, qc_flags
-    from mask_first.io import atomic_path
+    from mask_first.io import write_tsv
 
     statuses = _slide_statuses(slides)
     rows, thumbs = [], []
@@ -566,16 +564,14 @@ def write_summary(
              for r, o in zip(rows, outliers)]
     for r, f in zip(rows, flags):
         r["flags"] = "; ".join(f)
-    summary = pd.DataFrame(rows)
-    with atomic_path(out) as tmp:
-        summary.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
+    write_tsv(out, rows)
     if out_sheet:
         from mask_first.report import write_contact_sheet
 
         write_contact_sheet(out_sheet, rows, flags, thumbs)
     counts = {f: sum(f in fl for fl in flags) for f in FLAGS}
     log.info("summary of %d slides; flags: %s", len(rows), ", ".join(f"{k} {v}" for k, v in counts.items() if v) or "none")
-    return summary
+    return rows
 
 
 def write_cohort_tables(slides: Sequence[Mapping[str, Any]], out_table: str, out_summary: str,
@@ -594,37 +590,39 @@ def write_cohort_tables(slides: Sequence[Mapping[str, Any]], out_table: str, out
 
     Returns whether the tables were written.
     """
-    import pandas as pd
+    # Snakemake's own process: the csv module and pyarrow, not pandas (an
+    # import of 0.3-1.2 s at the end of every run)
+    from mask_first.io import read_table, read_tsv
 
     try:
-        if only_if_stale:
-            statuses = _slide_statuses(slides)
-            want = [(s["slide_id"], st["status"], st["failed_step"], st["error"]) for s, st in zip(slides, statuses)]
-            try:
-                old = pd.read_csv(out_summary, sep="\t", usecols=["slide_id", "status", "failed_step", "error"],
-                                  dtype=str, keep_default_na=False)
-                have = [(r.slide_id, r.status, r.failed_step or None, r.error or None) for r in old.itertuples()]
-                table = pd.read_parquet(out_table, columns=["slide_id", "status"])
-                have_table = list(zip(table.slide_id, table.status))
-            except (FileNotFoundError, OSError, ValueError, KeyError):
-                have, have_table = None, None
-            if have == want and have_table == [w[:2] for w in want]:
-                return False
-        if log_path:
-            Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-            handler = logging.FileHandler(log_path, mode="w")
-            handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
-            log.addHandler(handler)
-            log.setLevel(logging.INFO)
-        write_slide_table(slides, out_table)
-        summary = write_summary(slides, out_summary, out_sheet, **thresholds)
-        bad = summary[summary.status != "done"]
-        print(f"mask-first: {len(bad)} of {len(summary)} slides not done; cohort tables written: "
-              f"{out_table}, {out_summary}, {out_sheet}", file=sys.stderr)
-        for r in bad.head(20).itertuples():
-            print(f"mask-first:   {r.slide_id}: {r.status}"
-                  f"{' at ' + r.failed_step if isinstance(r.failed_step, str) else ''}: {r.error}", file=sys.stderr)
-        return True
+        with _without_pandas(True):
+            if only_if_stale:
+                statuses = _slide_statuses(slides)
+                want = [(s["slide_id"], st["status"], st["failed_step"], st["error"]) for s, st in zip(slides, statuses)]
+                try:
+                    have = [(r["slide_id"], r["status"], r["failed_step"] or None, r["error"] or None)
+                            for r in read_tsv(out_summary)]
+                    table = read_table(out_table, columns=["slide_id", "status"]).to_pydict()
+                    have_table = list(zip(table["slide_id"], table["status"]))
+                except (FileNotFoundError, OSError, ValueError, KeyError):
+                    have, have_table = None, None
+                if have == want and have_table == [w[:2] for w in want]:
+                    return False
+            if log_path:
+                Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+                handler = logging.FileHandler(log_path, mode="w")
+                handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+                log.addHandler(handler)
+                log.setLevel(logging.INFO)
+            write_slide_table(slides, out_table)
+            summary = write_summary(slides, out_summary, out_sheet, **thresholds)
+            bad = [r for r in summary if r["status"] != "done"]
+            print(f"mask-first: {len(bad)} of {len(summary)} slides not done; cohort tables written: "
+                  f"{out_table}, {out_summary}, {out_sheet}", file=sys.stderr)
+            for r in bad[:20]:
+                print(f"mask-first:   {r['slide_id']}: {r['status']}"
+                      f"{' at ' + r['failed_step'] if r['failed_step'] else ''}: {r['error']}", file=sys.stderr)
+            return True
     except Exception as exc:  # noqa: BLE001 -- see docstring
         print(f"mask-first: could not write the cohort tables: {type(exc).__name__}: {exc}", file=sys.stderr)
         return False

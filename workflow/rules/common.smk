@@ -1,12 +1,11 @@
 # Sample sheet, input functions and wildcard constraints.
+import csv
 import glob
 import json
-import re
+import math
 import hashlib
 import sys
 from pathlib import Path
-
-import pandas as pd
 
 from mask_first.cohort import failure_path
 from mask_first.ids import stable_id
@@ -18,14 +17,16 @@ def _fail(msg):
     raise WorkflowError(f"mask-first: {msg}")
 
 
+# The sheet is read with the csv module, not pandas: every Snakemake start
+# (each dry run, each rerun, each cluster job's parent) would otherwise pay
+# pandas' import, 0.3-1.2 s here, for a few thousand short rows.
+
+
 def _demo_sheet():
     from mask_first.synthetic import demo_cohort_specs
 
     specs = {s["slide_id"]: s for s in demo_cohort_specs(large_size=config["demo"]["large_size"])}
-    sheet = pd.DataFrame(
-        {"slide_id": list(specs), "path": [f"resources/demo/{sid}.tiff" for sid in specs]}
-    )
-    return sheet, specs
+    return [{"slide_id": sid, "path": f"resources/demo/{sid}.tiff"} for sid in specs], specs
 
 
 def _glob_sheet(pattern):
@@ -33,65 +34,82 @@ def _glob_sheet(pattern):
     if not paths:
         _fail(f"slides_glob {pattern!r} matches no file")
     stems = [Path(p).name.split(".")[0] for p in paths]
-    ids = []
+    counts = {s: stems.count(s) for s in set(stems)}
+    rows = []
     for p, stem in zip(paths, stems):
         # two files may share a stem (a.svs, a.tif, or dir1/a.svs, dir2/a.svs): keep ids unique
-        if stems.count(stem) > 1:
+        if counts[stem] > 1:
             stem = f"{stem}-{hashlib.sha256(p.encode()).hexdigest()[:8]}"
-        ids.append("".join(c if c.isalnum() or c in "._-" else "_" for c in stem))
-    return pd.DataFrame({"slide_id": ids, "path": paths})
+        rows.append({"slide_id": "".join(c if c.isalnum() or c in "._-" else "_" for c in stem), "path": p})
+    return rows
 
 
 def _read_sheet(path):
+    """Rows of a TSV sheet as dicts; empty cells are None, lines starting with ``#`` are comments."""
     if not Path(path).exists():
         _fail(f"sample sheet {path} not found")
-    sheet = pd.read_csv(path, sep="\t", dtype=str, comment="#").dropna(how="all")
-    unknown = [c for c in sheet.columns if c not in SHEET_COLUMNS]
+    with open(path, newline="", encoding="utf-8") as f:
+        lines = [ln for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
+    reader = csv.reader(lines, delimiter="\t")
+    header = next(reader, None)
+    if header is None:
+        _fail(f"sample sheet {path} is empty")
+    unknown = [c for c in header if c not in SHEET_COLUMNS]
     if unknown:
         _fail(f"sample sheet {path}: unknown column(s) {', '.join(unknown)} (allowed: {', '.join(SHEET_COLUMNS)})")
     for col in ("slide_id", "path"):
-        if col not in sheet.columns:
+        if col not in header:
             _fail(f"sample sheet {path}: missing column {col!r}")
-    if "mpp" in sheet.columns:
-        bad = sheet.loc[pd.to_numeric(sheet.mpp, errors="coerce").isna() & sheet.mpp.notna(), "slide_id"]
-        if len(bad):
-            _fail(f"sample sheet {path}: slide {bad.iloc[0]}: mpp must be a number")
-        sheet["mpp"] = pd.to_numeric(sheet.mpp)
-    return sheet
+    rows = []
+    for n, cells in enumerate(reader, start=2):
+        if len(cells) > len(header):
+            _fail(f"sample sheet {path}: line {n} has {len(cells)} fields, the header {len(header)}")
+        rows.append({c: (v if v != "" else None) for c, v in zip(header, cells)})
+    for row in rows:
+        if row.get("mpp") is not None:
+            try:
+                row["mpp"] = float(row["mpp"])
+            except ValueError:
+                row["mpp"] = math.nan
+            if not math.isfinite(row["mpp"]):
+                _fail(f"sample sheet {path}: slide {row.get('slide_id')}: mpp must be a number")
+    return rows
 
 
 def load_samples():
     specs = {}
     source = config.get("samples") or ""
     if source == "demo":
-        sheet, specs = _demo_sheet()
+        rows, specs = _demo_sheet()
     elif source:
-        sheet = _read_sheet(source)
+        rows = _read_sheet(source)
     elif config.get("slides_glob"):
-        sheet = _glob_sheet(config["slides_glob"])
+        rows = _glob_sheet(config["slides_glob"])
     else:
         _fail("set `samples` (demo or a sheet path) or `slides_glob` in the config")
-    for col in SHEET_COLUMNS:
-        if col not in sheet.columns:
-            sheet[col] = None
-    sheet = sheet[SHEET_COLUMNS].astype(object).where(sheet[SHEET_COLUMNS].notna(), None)
-    dup = sheet.slide_id[sheet.slide_id.duplicated()]
-    if len(dup):
-        _fail(f"duplicate slide_id {dup.iloc[0]!r} in the sample sheet")
-    validate(sheet, "../schemas/samples.schema.yaml")
-    # validate() writes rows back and turns None into NaN again
-    sheet = sheet.astype(object).where(sheet.notna(), None)
+    seen = set()
+    for row in rows:
+        if row.get("slide_id") in seen:
+            _fail(f"duplicate slide_id {row['slide_id']!r} in the sample sheet")
+        seen.add(row.get("slide_id"))
+    # one validation of the whole sheet (a schema of rows), with None cells left out as they are absent
+    try:
+        validate({"slides": [{k: v for k, v in r.items() if v is not None} for r in rows]},
+                 "../schemas/sheet.schema.yaml")
+    except WorkflowError as e:  # its text says "config file" and names the row as slides[i]
+        _fail(f"sample sheet {source or config.get('slides_glob')}: {str(e).split(chr(10), 1)[-1]}")
+    rows = [{c: r.get(c) for c in SHEET_COLUMNS} for r in rows]
     if not specs:  # demo slides are made by the workflow; real ones must exist now
-        for row in sheet.itertuples():
-            if not Path(row.path).is_file():
-                _fail(f"slide {row.slide_id}: file not found: {row.path}")
-            if row.mask and not Path(row.mask).is_file():
-                _fail(f"slide {row.slide_id}: mask file not found: {row.mask}")
-    return sheet.set_index("slide_id", drop=False), specs
+        for row in rows:
+            if not Path(row["path"]).is_file():
+                _fail(f"slide {row['slide_id']}: file not found: {row['path']}")
+            if row["mask"] and not Path(row["mask"]).is_file():
+                _fail(f"slide {row['slide_id']}: mask file not found: {row['mask']}")
+    return {r["slide_id"]: r for r in rows}, specs
 
 
 SAMPLES, DEMO_SPECS = load_samples()
-SLIDES = list(SAMPLES.index)
+SLIDES = list(SAMPLES)
 
 
 def _is_geojson(path):
@@ -136,7 +154,7 @@ def _slide_entry(row):
             "mask_key": key, "geojson": geojson}
 
 
-SLIDE = {sid: _slide_entry(row) for sid, row in SAMPLES.to_dict("index").items()}
+SLIDE = {sid: _slide_entry(row) for sid, row in SAMPLES.items()}
 USES_MASK = config["filter"]["method"] == "mask"
 TILE_OBJECTS = config["qc"]["tile_objects"]
 

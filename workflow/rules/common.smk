@@ -95,7 +95,7 @@ def load_samples():
     # one validation of the whole sheet (a schema of rows), with None cells left out as they are absent
     try:
         validate({"slides": [{k: v for k, v in r.items() if v is not None} for r in rows]},
-                 "../schemas/sheet.schema.yaml")
+                 "../schemas/samples.schema.yaml")
     except WorkflowError as e:  # its text says "config file" and names the row as slides[i]
         _fail(f"sample sheet {source or config.get('slides_glob')}: {str(e).split(chr(10), 1)[-1]}")
     rows = [{c: r.get(c) for c in SHEET_COLUMNS} for r in rows]

@@ -106,6 +106,8 @@ def test_blank_slide_is_reported_in_the_summary(tmp_path, slides):
         ([{"slide_id": "a", "path": "{good}"}, {"slide_id": "a", "path": "{good}"}], "duplicate slide_id 'a'"),
         ([{"slide_id": "a", "path": "{good}", "stain": "HE"}], "unknown column(s) stain"),
         ([{"slide_id": "a", "path": "{good}", "mpp": "fast"}], "slide a: mpp must be a number"),
+        ([{"slide_id": "a", "path": "{good}", "mpp": "nan"}], "slide a: mpp must be a number"),
+        ([{"slide_id": "a/b", "path": "{good}"}], "does not match"),
     ],
 )
 def test_sample_sheet_errors_stop_at_start_up_with_a_clear_message(tmp_path, slides, rows, message):
@@ -113,6 +115,22 @@ def test_sample_sheet_errors_stop_at_start_up_with_a_clear_message(tmp_path, sli
     sheet = write_sheet(tmp_path / "slides.tsv", rows)
     proc = run_workflow(tmp_path, CONFIG | {"samples": str(sheet)}, "-n", check=False)
     assert proc.returncode != 0 and message in proc.stdout + proc.stderr
+
+
+def test_sheet_comments_blank_lines_and_short_rows_are_read_like_a_spreadsheet(tmp_path, slides):
+    # hand-written TSV: a comment, a blank line, a row without its trailing cells, an empty mpp cell
+    sheet = tmp_path / "slides.tsv"
+    sheet.write_text(f"# cohort of two\nslide_id\tpath\tmpp\ttissue_method\n\n"
+                     f"a\t{slides['good']}\t2.5e-1\totsu\nb\t{slides['good']}\t\n")
+    proc = run_workflow(tmp_path, CONFIG | {"samples": str(sheet)}, "-n", "-p")
+    text = proc.stdout + proc.stderr
+    commands = [ln for ln in text.splitlines() if "step.py tiles" in ln]
+    assert len(commands) == 2
+    by_slide = {("a" if '"slide": "a"' in c else "b"): c for c in commands}
+    assert '"mpp_override": 0.25' in by_slide["a"] and '"mpp_override": null' in by_slide["b"]
+    masks = [ln for ln in text.splitlines() if "step.py tissue_mask" in ln]
+    assert any('"method": "otsu"' in m and '"slide": "a"' in m for m in masks)
+    assert any('"method": "od"' in m and '"slide": "b"' in m for m in masks)
 
 
 def test_invalid_config_value_names_the_key(tmp_path):

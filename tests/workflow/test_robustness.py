@@ -117,11 +117,13 @@ def test_sample_sheet_errors_stop_at_start_up_with_a_clear_message(tmp_path, sli
     assert proc.returncode != 0 and message in proc.stdout + proc.stderr
 
 
-def test_sheet_comments_blank_lines_and_short_rows_are_read_like_a_spreadsheet(tmp_path, slides):
+def test_sheet_with_bom_crlf_comments_blank_lines_and_short_rows_is_read_like_a_spreadsheet(tmp_path, slides):
     # hand-written TSV: a comment, a blank line, a row without its trailing cells, an empty mpp cell
     sheet = tmp_path / "slides.tsv"
-    sheet.write_text(f"# cohort of two\nslide_id\tpath\tmpp\ttissue_method\n\n"
-                     f"a\t{slides['good']}\t2.5e-1\totsu\nb\t{slides['good']}\t\n")
+    text = (f"# cohort of two\nslide_id\tpath\tmpp\ttissue_method\n\n"
+            f"a\t{slides['good']}\t2.5e-1\totsu\nb\t{slides['good']}\t\n")
+    # as a spreadsheet program saves it: byte-order mark, CRLF line ends
+    sheet.write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())
     proc = run_workflow(tmp_path, CONFIG | {"samples": str(sheet)}, "-n", "-p")
     text = proc.stdout + proc.stderr
     commands = [ln for ln in text.splitlines() if "step.py tiles" in ln]

@@ -48,7 +48,8 @@ def _read_sheet(path):
     """Rows of a TSV sheet as dicts; empty cells are None, lines starting with ``#`` are comments."""
     if not Path(path).exists():
         _fail(f"sample sheet {path} not found")
-    with open(path, newline="", encoding="utf-8") as f:
+    # utf-8-sig: a sheet saved by a spreadsheet program may start with a byte-order mark
+    with open(path, newline="", encoding="utf-8-sig") as f:
         lines = [ln for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
     reader = csv.reader(lines, delimiter="\t")
     header = next(reader, None)

@@ -68,7 +68,8 @@ def _resample_nearest(mask: np.ndarray, mask_mpp, shape, mpp) -> np.ndarray:
     ok_r = rows < mask.shape[0]
     ok_c = cols < mask.shape[1]
     out = np.zeros((h, w), mask.dtype)
-    out[np.ix_(ok_r, ok_c)] = mask[np.ix_(rows[ok_r], cols[ok_c])]
+    # two 1-D takes: a 2-D np.ix_ gather is several times slower
+    out[: ok_r.sum(), : ok_c.sum()] = mask.take(rows[ok_r], axis=0).take(cols[ok_c], axis=1)
     return out
 
 

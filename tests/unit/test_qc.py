@@ -60,3 +60,16 @@ def test_each_mask_class_is_outlined_in_its_own_colour(small_tiff):
         assert (img[edge] == colour).all(), value
     changed = (img != base).any(axis=2)
     assert not changed[labels == 0].any()  # background untouched
+
+
+def test_nearest_resample_picks_the_mask_pixel_under_each_thumbnail_centre_and_zero_past_the_mask():
+    from mask_first.qc import _resample_nearest
+
+    rng = np.random.default_rng(3)
+    mask = rng.integers(1, 255, (37, 53), dtype=np.uint8)
+    # a thumbnail grid that runs past the mask's right and bottom edges
+    out = _resample_nearest(mask, (8.0, 8.0), (30, 40), (11.0, 12.5))
+    for i in range(30):
+        for j in range(40):
+            r, c = int((i + 0.5) * 12.5 / 8.0), int((j + 0.5) * 11.0 / 8.0)  # mpp is (x, y)
+            assert out[i, j] == (mask[r, c] if r < 37 and c < 53 else 0)

@@ -196,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/mf-vs-rp"), help="slides and outputs (slides are reused)")
     parser.add_argument("--with-seed", action="store_true", help="also run the seed document verbatim (mask from level 0; slow)")
     parser.add_argument("--rounds", type=int, default=1, help="alternate mask-first and ratiopath lowres this often")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs of each system back to back within a round (all kept; the fastest counts): a "
+                             "machine that pages cold memory out, this one included, slows whichever system runs "
+                             "first after the other one")
     parser.add_argument("--snakemake", default="snakemake",
                         help="the snakemake to run, e.g. VENV/bin/snakemake of a plain `pip install -e .` (the "
                              "README's install: no SLURM plugin, which costs every snakemake start ~0.4 s)")
@@ -206,11 +210,14 @@ def main(argv: list[str] | None = None) -> int:
     # alternate the systems round by round and keep each one's fastest run: load from
     # other work on a shared machine then hits both alike
     runs: dict[str, list[dict]] = {}
+    systems = (lambda: run_mask_first(slides, args.work, args.snakemake),
+               lambda: run_ratiopath(args.venv, slides, args.work, "lowres"))
     for _ in range(args.rounds):
-        for r in (run_mask_first(slides, args.work, args.snakemake),
-                  run_ratiopath(args.venv, slides, args.work, "lowres")):
-            runs.setdefault(r["system"], []).append(r)
-            print(f"  {r['system']}: {r['wall_s']:.1f} s, {r['peak_rss_mib']:.0f} MiB", flush=True)
+        for run in systems:
+            for _ in range(args.repeat):
+                r = run()
+                runs.setdefault(r["system"], []).append(r)
+                print(f"  {r['system']}: {r['wall_s']:.1f} s, {r['peak_rss_mib']:.0f} MiB", flush=True)
     if args.with_seed:
         r = run_ratiopath(args.venv, slides, args.work, "seed")
         runs[r["system"]] = [r]

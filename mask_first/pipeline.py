@@ -590,8 +590,9 @@ def write_cohort_tables(slides: Sequence[Mapping[str, Any]], out_table: str, out
 
     Returns whether the tables were written.
     """
-    # Snakemake's own process: the csv module and pyarrow, not pandas (an
-    # import of 0.3-1.2 s at the end of every run)
+    # Snakemake's own process: the csv module and pyarrow, not pandas. Snakemake
+    # loads pandas itself once a job has finished, but a run with nothing to do
+    # (or a dry run's handlers) would otherwise pay its 0.3-1.2 s import here
     from mask_first.io import read_table, read_tsv
 
     try:

@@ -135,6 +135,14 @@ def test_sheet_with_bom_crlf_comments_blank_lines_and_short_rows_is_read_like_a_
     assert any('"method": "od"' in m and '"slide": "b"' in m for m in masks)
 
 
+def test_a_row_longer_than_the_header_is_named_by_its_line_in_the_file(tmp_path, slides):
+    sheet = tmp_path / "slides.tsv"
+    # line 4 of the file, after a comment and a blank line
+    sheet.write_text(f"# two slides\nslide_id\tpath\n\nb\t{slides['good']}\textra\n")
+    proc = run_workflow(tmp_path, CONFIG | {"samples": str(sheet)}, "-n", check=False)
+    assert proc.returncode != 0 and "line 4 has 3 fields, the header 2" in proc.stdout + proc.stderr
+
+
 def test_invalid_config_value_names_the_key(tmp_path):
     proc = run_workflow(tmp_path, {"filter": {"method": "mask", "tissue_threshold": 2}}, "-n", check=False)
     text = proc.stdout + proc.stderr

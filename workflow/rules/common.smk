@@ -50,8 +50,8 @@ def _read_sheet(path):
         _fail(f"sample sheet {path} not found")
     # utf-8-sig: a sheet saved by a spreadsheet program may start with a byte-order mark
     with open(path, newline="", encoding="utf-8-sig") as f:
-        lines = [ln for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
-    reader = csv.reader(lines, delimiter="\t")
+        numbered = [(n, ln) for n, ln in enumerate(f, start=1) if ln.strip() and not ln.lstrip().startswith("#")]
+    reader = csv.reader((ln for _, ln in numbered), delimiter="\t")
     header = next(reader, None)
     if header is None:
         _fail(f"sample sheet {path} is empty")
@@ -62,9 +62,10 @@ def _read_sheet(path):
         if col not in header:
             _fail(f"sample sheet {path}: missing column {col!r}")
     rows = []
-    for n, cells in enumerate(reader, start=2):
+    for cells in reader:
         if len(cells) > len(header):
-            _fail(f"sample sheet {path}: line {n} has {len(cells)} fields, the header {len(header)}")
+            line = numbered[reader.line_num - 1][0]  # the file's line number, comments and blank lines counted
+            _fail(f"sample sheet {path}: line {line} has {len(cells)} fields, the header {len(header)}")
         rows.append({c: (v if v != "" else None) for c, v in zip(header, cells)})
     for row in rows:
         if row.get("mpp") is not None:

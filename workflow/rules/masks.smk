@@ -29,6 +29,7 @@ rule tissue_mask:
         "results/benchmarks/tissue_mask/{slide}/{key}.tsv"
     group:
         "slide"
+    priority: slide_priority
     threads: 1
     resources:
         mem_mb=2000,

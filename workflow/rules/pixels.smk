@@ -24,6 +24,7 @@ rule pixels:
         "results/logs/pixels/{slide}.log",
     benchmark:
         "results/benchmarks/pixels/{slide}.tsv"
+    priority: slide_priority
     threads: config["threads"]
     resources:
         mem_mb=1500,

@@ -24,6 +24,7 @@ rule tiles:
         "results/benchmarks/tiles/{slide}.tsv"
     group:
         "slide"
+    priority: slide_priority
     threads: 1
     resources:
         mem_mb=1000,
@@ -67,6 +68,7 @@ rule filter_tiles:
         "results/benchmarks/filter_tiles/{slide}.tsv"
     group:
         "slide"
+    priority: slide_priority
     threads: 1 if USES_MASK else config["threads"]
     resources:
         mem_mb=1000,

@@ -389,7 +389,7 @@ def _write_tile_interop(slide, table, keep, out_coords, out_tile_objects, mask_g
 
 def write_retained_pixels(
     retained: str, slide_path: str, out: str, *, encoding: str = "raw", jpeg_quality: int = 90,
-    compression: str = "none", row_group_tiles: int = 64, threads: int = 1, mpp_override: float | None = None,
+    compression: str = "none", row_group_tiles: int = 16, threads: int = 1, mpp_override: float | None = None,
     resample: bool = True, mpp: float | None = None, tile_extent: int | None = None,
     corrupt_tiles: str = "fail",
 ) -> int:

@@ -12,10 +12,11 @@ import logging
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 
 import numpy as np
 
-from mask_first.io import as_table, atomic_path
+from mask_first.io import as_table, atomic_path, drop_behind
 from mask_first.slides import Slide, open_slide
 from mask_first.columns import broadcast, column_length, group_rows, take, xy_pair
 
@@ -283,7 +284,7 @@ def write_tile_pixels(
     jpeg_quality: int = 90,
     compression: str = "none",
     batch_size: int = DEFAULT_BATCH,
-    row_group_tiles: int = 64,
+    row_group_tiles: int = 16,
     threads: int = 1,
     mpp_override: float | None = None,
     corrupt_tiles: str = "fail",
@@ -374,7 +375,7 @@ def write_tile_pixels(
         skipped: list[dict] = []
         counts = {"passed_through": 0}
         written = 0
-        with atomic_path(out_path) as tmp:
+        with atomic_path(out_path) as tmp, ExitStack() as stack:
             progress = _Progress(n, tmp)
             # dictionary encoding and min/max statistics over the pixel bytes cost
             # more than the compression itself (3.6x slower writes when on); JPEG
@@ -384,6 +385,7 @@ def write_tile_pixels(
             writer = pq.ParquetWriter(tmp, schema, compression=codecs,
                                       compression_level={n: 1 for n, c in codecs.items() if c == "zstd"},
                                       use_dictionary=small, write_statistics=small)
+            release = stack.enter_context(drop_behind(tmp))
             # one writer thread: a row group is encoded and written (pyarrow and
             # libjpeg release the GIL) while the next one is decoded into the
             # other of two buffers; at most one write is pending
@@ -404,6 +406,7 @@ def write_tile_pixels(
                     else:
                         pixels = _encode(batch, encoding, jpeg_quality)
                     writer.write_table(chunk.append_column("pixels", pixels))
+                    release()  # the row group is on its way to disk: free its pages for the next
 
                 if n == 0:
                     write(np.zeros(0, np.int64), None)

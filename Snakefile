@@ -34,15 +34,22 @@ else:
 
 
 
+# local runs: the per-slide jobs fork one warm process (workflow/rules/common.smk)
+onstart:
+    start_warm_process()
+
+
 # A failed slide stops the cohort rules from running; write the cohort tables
 # anyway, listing every slide with its status (workflow/rules/cohort.smk).
 # Snakemake still exits non-zero.
 onerror:
+    stop_warm_process()
     write_cohort_tables("failure")
 
 
 # after a successful run, rewrite them only if a slide's status changed since
 onsuccess:
+    stop_warm_process()
     write_cohort_tables("success")
 
 

@@ -8,9 +8,20 @@ The pipeline, one function per step::
     tiling.grid_tiles      tile coordinates of a slide level
     tiling.tile_overlay_overlap  per-tile mask coverage, no RGB decoding
     tiling.read_slide_tiles      RGB pixels of the kept tiles only
-"""
 
-from mask_first.slides import SlideError, open_slide, read_slides
+``import mask_first`` loads nothing but this file: the names below come from
+:mod:`mask_first.slides` on first use, so a process that only needs a small
+module (a job handing its work to the warm process, the Snakefile) does not
+pay numpy's import.
+"""
 
 __all__ = ["SlideError", "open_slide", "read_slides"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name in __all__:
+        from mask_first import slides
+
+        return getattr(slides, name)
+    raise AttributeError(f"module 'mask_first' has no attribute {name!r}")

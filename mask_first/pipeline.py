@@ -121,7 +121,11 @@ def run_step(slide_id: str | None, log_path: str | None, func: Callable, /, *arg
         log.error("mask-first: %s: %s", where, msg)
         logging.shutdown()
         sys.exit(1)
-    log.info("%s: %s done in %.2f s", where, func.__name__, time.perf_counter() - t0)
+    import resource
+
+    # the step's own figure: under warm start Snakemake's benchmark file samples the waiting job process
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    log.info("%s: %s done in %.2f s, peak RSS %.0f MiB", where, func.__name__, time.perf_counter() - t0, peak_mib)
     return result
 
 

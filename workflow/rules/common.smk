@@ -180,6 +180,49 @@ STEP_RUNNER = f"{workflow.basedir}/workflow/scripts/step.py"
 STEP_SHELL = "{STEP_PYTHON:q} {STEP_RUNNER:q} {rule} {log:q} {threads} {params.files:q} {params.job:q}"
 
 
+# Warm start (mask_first/forkserver.py): a local run's per-slide jobs fork one
+# process that has imported the libraries, instead of each starting its own
+# interpreter. Cluster jobs and subprocess modes never see the server.
+_WARM = {}
+
+
+def start_warm_process():
+    """Start the run's warm process (``onstart``; local runs with ``warm_start: true``)."""
+    if not config["warm_start"] or not workflow.local_exec or workflow.remote_exec or workflow.subprocess_exec:
+        return
+    import os
+    import secrets
+    import subprocess
+
+    from mask_first.forkserver import ENV
+
+    address = f"mask-first-{os.getuid()}-{os.getpid()}-{secrets.token_hex(4)}"
+    Path("results/logs").mkdir(parents=True, exist_ok=True)
+    with open("results/logs/warm_start.log", "w") as log:
+        _WARM["process"] = subprocess.Popen([STEP_PYTHON, STEP_RUNNER, "--serve", address, str(os.getpid())],
+                                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    os.environ[ENV] = address
+
+
+def stop_warm_process():
+    """Stop it (``onsuccess`` / ``onerror``): every job has ended by then."""
+    import os
+    import subprocess
+
+    from mask_first.forkserver import ENV
+
+    process = _WARM.pop("process", None)
+    os.environ.pop(ENV, None)
+    if process is None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def step_job(**settings):
     """The ``job`` param of a shell step: its settings as JSON.
 

@@ -14,6 +14,7 @@ if not Path(MODEL_FILE).is_file():
     _fail(f"predict.onnx: file {MODEL_FILE} not found")
 
 
+@fixed_signature
 def predict_inputs(wildcards):
     inputs = {
         "retained": f"results/retained/{wildcards.slide}.parquet",

@@ -1011,11 +1011,11 @@ def _ink(
     hc, wc = h // k, w // k
     if k == 1 or min(hc, wc) < 8:  # on the mask grid itself (also for masks of a few pixels)
         cand = cv2.morphologyEx(image(cand_v), cv2.MORPH_CLOSE, _disk(1.5))
-        n, labels, cstats, _ = cv2.connectedComponentsWithStats(cand, connectivity=8)
+        n, labels = _components(cand)
         lab_v = labels.ravel()[idx]
-        votes = (cstats[:, cv2.CC_STAT_AREA], np.bincount(lab_v[smooth_v], minlength=n),
+        votes = (_label_counts(labels, None, n), np.bincount(lab_v[smooth_v], minlength=n),
                  np.bincount(lab_v[off_v], minlength=n))  # fmt: skip
-        keep = _stroke_components(labels, cstats, votes, tissue, 1, mpp, p)
+        keep = _stroke_components(labels, n, votes, tissue, 1, mpp, p)
         stats["ink_components"] = int(keep.sum())
         if not keep.any():
             return None
@@ -1028,13 +1028,13 @@ def _ink(
     ci = ci_all[cand_v]
     cand_c = np.zeros(hc * wc, np.uint8)
     cand_c[ci] = 1
-    n, labels, cstats, _ = cv2.connectedComponentsWithStats(cand_c.reshape(hc, wc), connectivity=8)
+    n, labels = _components(cand_c.reshape(hc, wc))
     lab = labels.ravel()[ci]
     votes = (np.bincount(lab, minlength=n), np.bincount(lab[smooth_v[cand_v]], minlength=n),
              np.bincount(lab[off_v[cand_v]], minlength=n))  # fmt: skip
     # the coarse tissue for the context test: the block's majority (rounded mean of 0/1)
     tissue_c = cv2.resize(tissue[: hc * k, : wc * k].view(np.uint8), (wc, hc), interpolation=cv2.INTER_AREA) > 0
-    keep = _stroke_components(labels, cstats, votes, tissue_c, k, mpp, p)
+    keep = _stroke_components(labels, n, votes, tissue_c, k, mpp, p)
     stats["ink_components"] = int(keep.sum())
     if not keep.any():
         return None
@@ -1051,18 +1051,20 @@ def _ink(
 
 
 def _stroke_components(
-    labels: np.ndarray, cstats: np.ndarray, votes: tuple[np.ndarray, ...], tissue: np.ndarray, k: int,
-    mpp: float, p: dict[str, Any],
+    labels: np.ndarray, n: int, votes: tuple[np.ndarray, ...], tissue: np.ndarray, k: int, mpp: float,
+    p: dict[str, Any],
 ) -> np.ndarray:
     """Which candidate components are ink strokes (boolean per label; label 0 is never ink).
 
-    ``labels``/``cstats`` are the components on a grid of ``k`` mask pixels
+    ``labels`` (``n`` labels) are the components on a grid of ``k`` mask pixels
     (``mpp`` µm each), ``votes`` = (candidate pixels, smooth ones, off-stain
     ones) per component counted on the mask grid, ``tissue`` the tissue on the
     components' grid. A stroke is big (``ink_min_area_um2``), off the stain or
     smooth for most of its pixels, and elongated or lying mostly on glass.
+    Shape and context are measured for the big candidates alone, in their
+    bounding box; no per-component statistics pass over the whole labelling
+    (it cost as much as the labelling itself).
     """
-    n = len(cstats)
     area, smooth_n, off_n = votes
     big = area >= float(p["ink_min_area_um2"]) / mpp**2
     big[0] = False
@@ -1073,43 +1075,33 @@ def _stroke_components(
     big &= off | uniform
     if not big.any():
         return big
-    # shape and context of the big components only, in their bounding box
-    x0, y0 = cstats[big, cv2.CC_STAT_LEFT].min(), cstats[big, cv2.CC_STAT_TOP].min()
-    x1 = (cstats[big, cv2.CC_STAT_LEFT] + cstats[big, cv2.CC_STAT_WIDTH]).max()
-    y1 = (cstats[big, cv2.CC_STAT_TOP] + cstats[big, cv2.CC_STAT_HEIGHT]).max()
-    box = (slice(max(0, y0 - 3), y1 + 3), slice(max(0, x0 - 3), x1 + 3))
     # the big components renumbered 1..nb in their order (so a dilation's max picks the same one)
     big_ids = np.flatnonzero(big)
-    compact = np.zeros(n, np.uint16 if big_ids.size < 65535 else np.float32)
-    compact[big_ids] = np.arange(1, big_ids.size + 1)
-    blabels = compact[labels[box]]
-    inside = (blabels > 0).view(np.uint8)
+    nb = big_ids.size + 1
+    compact = np.zeros(n, np.uint16 if nb <= 65535 else np.float32)
+    compact[big_ids] = np.arange(1, nb)
+    blabels = compact[labels]
+    x, y, bw, bh = cv2.boundingRect(cv2.compare(blabels, 0, cv2.CMP_GT))
+    box = (slice(max(0, y - 3), y + bh + 3), slice(max(0, x - 3), x + bw + 3))
+    blabels = blabels[box]
+    inside = cv2.compare(blabels, 0, cv2.CMP_GT)  # 255 on the big components
     # stroke shape: length / width = area / (2 r)², r = largest inscribed radius (distance transform),
-    # the maximum taken per component over its own bounding box; both on the components' own grid
+    # the maximum taken per component over its pixels; both on the components' own grid
     dist = cv2.distanceTransform(inside, cv2.DIST_L2, 5)
-    radius = np.zeros(n)
-    if big_ids.size <= 256:
-        for j, c in enumerate(big_ids, start=1):
-            cx, cy = cstats[c, cv2.CC_STAT_LEFT] - box[1].start, cstats[c, cv2.CC_STAT_TOP] - box[0].start
-            sub = (slice(cy, cy + cstats[c, cv2.CC_STAT_HEIGHT]), slice(cx, cx + cstats[c, cv2.CC_STAT_WIDTH]))
-            radius[c] = dist[sub][blabels[sub] == j].max()
-    else:  # many components: one unbuffered maximum over all their pixels
-        r_big = np.zeros(big_ids.size + 1)
-        np.maximum.at(r_big, blabels[inside.view(bool)].astype(np.int64), dist[inside.view(bool)])
-        radius[big_ids] = r_big[1:]
-    elongation = cstats[:, cv2.CC_STAT_AREA] / np.maximum(2 * radius, 1) ** 2
-    del dist  # a float per pixel of the box: free it before the ring's temporaries
+    at = inside.view(bool)
+    r_big = np.zeros(nb)
+    np.maximum.at(r_big, blabels[at].astype(np.intp), dist[at])
+    del dist, at  # a float per pixel of the box: free it before the ring's temporaries
+    elongation = _label_counts(blabels, None, nb)[1:] / np.maximum(2 * r_big[1:], 1) ** 2
     # context: share of a ring of 3 mask pixels around the component that is background (a dilation of
     # the labels gives each ring pixel the label of a component it is next to)
     ring_px = 2 * max(1, round(3 / k)) + 1
     ring_labels = cv2.dilate(blabels, np.ones((ring_px, ring_px), np.uint8))
     ring = cv2.bitwise_and(cv2.compare(ring_labels, 0, cv2.CMP_GT), cv2.compare(inside, 0, cv2.CMP_EQ))
-    ring_n = _label_counts(ring_labels, ring, big_ids.size + 1)[1:]
-    ring_bg = _label_counts(ring_labels, cv2.bitwise_and(ring, cv2.compare(tissue[box].view(np.uint8), 0, cv2.CMP_EQ)), big_ids.size + 1)[1:]
-    on_glass = np.zeros(n, bool)
-    on_glass[big_ids] = ring_bg >= 0.5 * np.maximum(ring_n, 1)
-    keep = big & ((elongation >= float(p["ink_min_elongation"])) | on_glass)
-    keep[0] = False
+    ring_n = _label_counts(ring_labels, ring, nb)[1:]
+    ring_bg = _label_counts(ring_labels, cv2.bitwise_and(ring, cv2.compare(tissue[box].view(np.uint8), 0, cv2.CMP_EQ)), nb)[1:]
+    keep = np.zeros(n, bool)
+    keep[big_ids] = (elongation >= float(p["ink_min_elongation"])) | (ring_bg >= 0.5 * np.maximum(ring_n, 1))
     return keep
 
 

@@ -1043,11 +1043,10 @@ def _ink(
     loose_c = np.zeros(hc * wc, np.uint8)
     loose_c[ci_all[loose_v]] = 1
     grown_c = _grow_ink(keep[labels].view(np.uint8), loose_c.reshape(hc, wc), None, steps_of(mpp * k), 0)
-    up = np.empty((h, w), np.uint8)
-    cv2.resize(grown_c, (wc * k, hc * k), dst=up[: hc * k, : wc * k], interpolation=cv2.INTER_NEAREST)
-    up[hc * k :], up[:, wc * k :] = up[hc * k - 1], up[:, wc * k - 1 : wc * k]
-    strokes = cv2.bitwise_and(up, image(cand_v | loose_v), dst=up)
-    return _grow_ink(strokes, None, tissue, 0, margin_px).view(bool)
+    # a dense pixel is a stroke pixel when its coarse pixel grew and it is a candidate or loose one: read off
+    # the coarse grid through each dense pixel's coarse index (no mask-sized upsampling and AND)
+    strokes = image(grown_c.ravel()[ci_all].view(bool) & (cand_v | loose_v))
+    return _ink_margin(strokes, tissue, margin_px).view(bool)
 
 
 def _stroke_components(
@@ -1132,3 +1131,21 @@ def _grow_ink(
     out = np.zeros(strokes.shape, np.uint8)
     out[box] = ink
     return out
+
+
+def _ink_margin(strokes: np.ndarray, tissue: np.ndarray, margin_px: float) -> np.ndarray:
+    """:func:`_grow_ink` without the growth, in place: ``strokes`` (uint8 0/1) dilated by a disk of ``margin_px``, on ``tissue``.
+
+    Only the strokes' bounding box plus the disk radius is dilated, and the
+    result is written back into that box of ``strokes`` (no mask-sized copies).
+    """
+    margin = _disk(margin_px)
+    if margin is None:
+        return strokes
+    pad = margin.shape[0] // 2 + 1
+    x, y, bw, bh = cv2.boundingRect(strokes)
+    if bw == 0:
+        return strokes
+    box = (slice(max(0, y - pad), y + bh + pad), slice(max(0, x - pad), x + bw + pad))
+    cv2.bitwise_and(cv2.dilate(strokes[box], margin), tissue[box].view(np.uint8), dst=strokes[box])
+    return strokes

@@ -802,6 +802,7 @@ def _od_labels(
     rgb: np.ndarray, mpp: float, p: dict[str, Any], inner: tuple[slice, slice]
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Background / tissue / ink / debris labels from optical density (see the module docstring)."""
+    rgb = np.ascontiguousarray(rgb)  # the colour tests read it by flat pixel index
     # white point: per-channel median of the brightest tenth of the pixels (robust to JPEG ringing)
     # on a grid of about _SAMPLE pixels (a strided view: no copy of the image)
     region = rgb[inner]
@@ -815,22 +816,24 @@ def _od_labels(
     # OD per channel by lookup, log10(I0 / I) with I >= 1, 0 for pixels brighter than the white point
     levels = np.maximum(np.arange(256, dtype=np.float64), 1)
     lut = np.stack([np.clip(np.rint(OD_SCALE * np.log10(w / levels)), 0, 255) for w in white], axis=1)
-    od = cv2.LUT(rgb, lut.astype(np.uint8).reshape(256, 1, 3))  # (H, W, 3) uint8
-    density = cv2.transform(od, np.full((1, 3), 1 / 3, np.float32))  # mean over R, G, B, uint8
+    # the OD image itself is never held: the density is made strip by strip, and the colour tests look the
+    # OD up at the pixels they read (lut3, :func:`_od_at`)
+    lut3 = lut.astype(np.uint8).reshape(256, 1, 3)
+    density = _od_density(rgb, lut3)  # mean OD over R, G, B, uint8
     step = _sample_step(density[inner].size, 16)
     threshold, stats = _od_threshold(density[inner][::step, ::step], p)
     stats["white_point"] = [round(float(v), 1) for v in white]
     tissue = density >= round(threshold * OD_SCALE)
     ink = None
     if p["detect_ink"] and tissue.any():
-        ink = _ink(od, density, tissue, round(threshold * OD_SCALE), mpp, p, stats)
+        ink = _ink(rgb, lut3, density, tissue, round(threshold * OD_SCALE), mpp, p, stats)
     closing, opening = float(p["closing_um"]) / mpp, float(p["opening_um"]) / mpp
     if ink is not None:
         tissue &= ~ink
     tissue = _close_open(tissue, closing, opening)
     if ink is not None and (_disk(closing) is not None or _disk(opening) is not None):
         tissue &= ~ink
-    debris = _debris(tissue, od, mpp, p) if p["min_object_um2"] else None
+    debris = _debris(tissue, rgb, mpp, p, lut3) if p["min_object_um2"] else None
     if p["min_hole_um2"]:
         holes = ~tissue if ink is None else ~tissue & ~ink
         tissue |= _small_components(holes, float(p["min_hole_um2"]) / mpp**2, enclosed=True)
@@ -840,6 +843,38 @@ def _od_labels(
     if ink is not None:
         np.copyto(labels, INK, where=ink)
     return labels, stats
+
+
+def _od_density(rgb: np.ndarray, lut3: np.ndarray) -> np.ndarray:
+    """Mean OD over R, G, B (uint8 (H, W)) of ``rgb`` by the per-channel lookup ``lut3``, in strips of rows.
+
+    Each strip's OD goes through a strip-sized buffer on one of two threads, so the (H, W, 3) OD image is
+    never written to memory: it was a third of the pass's time in fresh pages and memory traffic.
+    """
+    h = rgb.shape[0]
+    density = np.empty(rgb.shape[:2], np.uint8)
+    mean = np.full((1, 3), 1 / 3, np.float32)
+
+    def strip(y0: int) -> None:
+        y1 = min(h, y0 + _FEATURE_ROWS)
+        cv2.transform(cv2.LUT(rgb[y0:y1], lut3), mean, dst=density[y0:y1])
+
+    starts = range(0, h, _FEATURE_ROWS)
+    if len(starts) == 1:
+        strip(0)
+    else:
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(strip, starts))
+    return density
+
+
+def _od_at(img: np.ndarray, idx: np.ndarray | None, lut3: np.ndarray | None) -> np.ndarray:
+    """(n, 3) uint8 OD of the pixels of ``img`` at the flat indices ``idx`` (None: ``img`` is those (n, 3) pixels).
+
+    ``img`` is RGB looked up by ``lut3``, or (``lut3`` None) the OD image itself.
+    """
+    pix = img.reshape(-1, 3) if idx is None else np.take(img.reshape(-1, 3), idx, axis=0)
+    return pix if lut3 is None or not pix.size else cv2.LUT(pix.reshape(-1, 1, 3), lut3).reshape(-1, 3)
 
 
 def _od_threshold(density: np.ndarray, p: dict[str, Any]) -> tuple[float, dict[str, Any]]:
@@ -857,10 +892,13 @@ def _od_threshold(density: np.ndarray, p: dict[str, Any]) -> tuple[float, dict[s
     return used, {"od_threshold": used, "faint": faint}
 
 
-def _debris(tissue: np.ndarray, od: np.ndarray, mpp: float, p: dict[str, Any]) -> np.ndarray | None:
+def _debris(
+    tissue: np.ndarray, od: np.ndarray, mpp: float, p: dict[str, Any], lut3: np.ndarray | None = None
+) -> np.ndarray | None:
     """Small components that are dust or specks: under ``min_object_um2`` and achromatic, or of 2 px or less.
 
     A small tissue fragment is kept: it carries the stain's colour, dust and dirt are grey or black.
+    ``od`` is the (H, W, 3) uint8 OD image, or with ``lut3`` the RGB it is looked up from (:func:`_od_at`).
     Returns a boolean image, or None when there is no debris.
     """
     n, labels = _components(tissue)
@@ -870,9 +908,9 @@ def _debris(tissue: np.ndarray, od: np.ndarray, mpp: float, p: dict[str, Any]) -
     if not small.any():
         return None
     # one gather over the image; everything after it on the small components' pixels only
-    idx = np.flatnonzero(small[labels])
+    idx = np.flatnonzero(np.take(small, labels))
     lab = labels.ravel()[idx]
-    vec = od.reshape(-1, 3)[idx]
+    vec = _od_at(od, idx, lut3)
     mean_od = np.stack([np.bincount(lab, weights=vec[:, c], minlength=n) for c in range(3)], axis=1)
     unit = mean_od / np.maximum(np.linalg.norm(mean_od, axis=1, keepdims=True), 1e-9)
     grey = unit.max(axis=1) - unit.min(axis=1) < float(p["debris_max_chroma"])
@@ -903,10 +941,12 @@ def _label_counts(labels: np.ndarray, where: np.ndarray | None, n: int) -> np.nd
 
 #: rows of the mask whose ink features are computed at a time (bounds the float temporaries)
 _FEATURE_ROWS = 256
+#: squares of 0..255 as uint16, a lookup table for the local variance of the density
+_SQUARES = (np.arange(256) ** 2).astype(np.uint16)
 
 
 def _ink_features(
-    od: np.ndarray, density: np.ndarray, idx: np.ndarray, ref: np.ndarray, p: dict[str, Any]
+    rgb: np.ndarray, lut3: np.ndarray, density: np.ndarray, idx: np.ndarray, ref: np.ndarray, p: dict[str, Any]
 ) -> tuple[np.ndarray, ...]:
     """Per-pixel ink tests at the flat indices ``idx`` (sorted) of the dense tissue pixels.
 
@@ -920,7 +960,7 @@ def _ink_features(
     strips in size.
     """
     h, w = density.shape
-    flat_od, flat_d = od.reshape(-1, 3), density.ravel()
+    flat_d = density.ravel()
     ref32 = ref.astype(np.float32)
     cos_off = math.cos(math.radians(float(p["ink_min_angle_deg"])))
     cos_loose = math.cos(math.radians(0.6 * float(p["ink_min_angle_deg"])))
@@ -933,7 +973,8 @@ def _ink_features(
             return
         i = idx[lo:hi]
         # per channel as contiguous vectors: numpy reduces a trailing axis of 3 slowly
-        r, g, b = (flat_od[i, c].astype(np.float32) for c in range(3))
+        od = _od_at(rgb, i, lut3)
+        r, g, b = (od[:, c].astype(np.float32) for c in range(3))
         inv = 1 / np.maximum(np.sqrt(r * r + g * g + b * b), np.float32(1e-6))
         r, g, b = r * inv, g * inv, b * inv
         cos = r * ref32[0] + g * ref32[1] + b * ref32[2]  # cosine to the stain colour
@@ -945,9 +986,13 @@ def _ink_features(
         y0 = max(0, k * _FEATURE_ROWS - 1)
         rows = density[y0 : min(h, (k + 1) * _FEATURE_ROWS + 1)]
         j = i - y0 * w
-        mean = cv2.boxFilter(rows, cv2.CV_32F, (3, 3)).ravel()[j] / OD_SCALE
-        sq = cv2.sqrBoxFilter(rows, cv2.CV_32F, (3, 3)).ravel()[j] / OD_SCALE**2
-        smooth = np.sqrt(np.maximum(sq - mean * mean, 0)) < float(p["ink_max_cv"]) * np.maximum(mean, 1e-3)
+        # In integers: with the 3 x 3 sums s1 of the density and s2 of its squares, std < cv * mean is
+        # 9 s2 - s1² < (cv s1)² (a dense pixel has s1 >= ink_min_od > 0); exact, and 2- and 4-byte sums
+        # instead of two float images
+        s1 = cv2.boxFilter(rows, cv2.CV_16U, (3, 3), normalize=False).ravel()[j].astype(np.int64)
+        s2 = cv2.boxFilter(cv2.LUT(rows, _SQUARES), cv2.CV_32S, (3, 3), normalize=False).ravel()[j]
+        s1 *= s1
+        smooth = 9 * s2 - s1 < float(p["ink_max_cv"]) ** 2 * s1
         off = (cos <= cos_off) | black
         out[0][lo:hi], out[1][lo:hi] = smooth, off
         out[2][lo:hi] = off | (smooth & (d >= 2 * float(p["ink_min_od"])))
@@ -962,13 +1007,14 @@ def _ink_features(
 
 
 def _ink(
-    od: np.ndarray, density: np.ndarray, tissue: np.ndarray, threshold: int, mpp: float, p: dict[str, Any],
-    stats: dict[str, Any],
+    rgb: np.ndarray, lut3: np.ndarray, density: np.ndarray, tissue: np.ndarray, threshold: int, mpp: float,
+    p: dict[str, Any], stats: dict[str, Any],
 ) -> np.ndarray | None:
     """Pen / marker ink, a boolean image (None when there is none).
 
     Ink is dense, off the slide's stain colour (or black), uniform, and
-    stroke-shaped or on glass. ``od`` (H, W, 3) and ``density`` (H, W) are
+    stroke-shaped or on glass. The OD is looked up from ``rgb`` by ``lut3``
+    (:func:`_od_at`); it and ``density`` (H, W) are
     uint8 in 1/OD_SCALE steps, ``tissue`` is ``density >= threshold``.
 
     The per-pixel tests (:func:`_ink_features`) run on the mask grid; the
@@ -989,13 +1035,13 @@ def _ink(
         return None
     # the slide's own stain colour: median unit OD vector of its tissue (ink is a minority of it)
     step = _sample_step(np.count_nonzero(tissue))
-    t_sample = od[::step, ::step][tissue[::step, ::step]]
+    t_sample = _od_at(rgb[::step, ::step][tissue[::step, ::step]], None, lut3)
     t_r, t_g, t_b = (t_sample[:, c].astype(np.float32) for c in range(3))
     t_inv = 1 / np.maximum(np.sqrt(t_r * t_r + t_g * t_g + t_b * t_b), np.float32(1e-6))
     ref = np.array([np.median(c * t_inv) for c in (t_r, t_g, t_b)])
     ref /= max(float(np.linalg.norm(ref)), 1e-6)
     stats["stain_od_vector"] = [round(float(v), 3) for v in ref]
-    smooth_v, off_v, cand_v, loose_v = _ink_features(od, density, idx, ref, p)
+    smooth_v, off_v, cand_v, loose_v = _ink_features(rgb, lut3, density, idx, ref, p)
 
     def image(values: np.ndarray) -> np.ndarray:
         out = np.zeros(tissue.size, np.uint8)

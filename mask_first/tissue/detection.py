@@ -974,13 +974,15 @@ def _ink_features(
         i = idx[lo:hi]
         # per channel as contiguous vectors: numpy reduces a trailing axis of 3 slowly
         od = _od_at(rgb, i, lut3)
-        r, g, b = (od[:, c].astype(np.float32) for c in range(3))
-        inv = 1 / np.maximum(np.sqrt(r * r + g * g + b * b), np.float32(1e-6))
-        r, g, b = r * inv, g * inv, b * inv
-        cos = r * ref32[0] + g * ref32[1] + b * ref32[2]  # cosine to the stain colour
-        spread = np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)  # 0 = neutral grey / black
-        d = flat_d[i].astype(np.float32) / OD_SCALE
-        black = (spread < 0.15) & (d >= float(p["ink_black_min_od"]))
+        o = [od[:, c] for c in range(3)]
+        r, g, b = (c.astype(np.float32) for c in o)
+        # compared with the OD vector's norm instead of normalising it: cosine to the stain colour
+        # dot / norm, spread of the unit vector (0 = neutral grey / black) (max - min) / norm
+        norm = np.sqrt(r * r + g * g + b * b)
+        dot = r * ref32[0] + g * ref32[1] + b * ref32[2]
+        spread = np.maximum(np.maximum(o[0], o[1]), o[2]) - np.minimum(np.minimum(o[0], o[1]), o[2])
+        d = flat_d[i]  # density in 1/OD_SCALE
+        black = (spread < np.float32(0.15) * norm) & (d >= float(p["ink_black_min_od"]) * OD_SCALE)
         # local (3 x 3) coefficient of variation of the density: a dye film is smooth, tissue has cells.
         # The strip's box filters with one row of its neighbours each side are the whole image's.
         y0 = max(0, k * _FEATURE_ROWS - 1)
@@ -993,10 +995,10 @@ def _ink_features(
         s2 = cv2.boxFilter(cv2.LUT(rows, _SQUARES), cv2.CV_32S, (3, 3), normalize=False).ravel()[j]
         s1 *= s1
         smooth = 9 * s2 - s1 < float(p["ink_max_cv"]) ** 2 * s1
-        off = (cos <= cos_off) | black
+        off = (dot <= np.float32(cos_off) * norm) | black
         out[0][lo:hi], out[1][lo:hi] = smooth, off
-        out[2][lo:hi] = off | (smooth & (d >= 2 * float(p["ink_min_od"])))
-        out[3][lo:hi] = (cos <= cos_loose) | smooth
+        out[2][lo:hi] = off | (smooth & (d >= 2 * float(p["ink_min_od"]) * OD_SCALE))
+        out[3][lo:hi] = (dot <= np.float32(cos_loose) * norm) | smooth
 
     if len(bounds) <= 2:
         strip(0)

@@ -819,14 +819,16 @@ def _od_labels(
     # the OD image itself is never held: the density is made strip by strip, and the colour tests look the
     # OD up at the pixels they read (lut3, :func:`_od_at`)
     lut3 = lut.astype(np.uint8).reshape(256, 1, 3)
-    density = _od_density(rgb, lut3)  # mean OD over R, G, B, uint8
+    # mean OD over R, G, B (uint8), and where ink can be: the pixels of density >= ink_min_od
+    ink_min = round(float(p["ink_min_od"]) * OD_SCALE)
+    density, dense = _od_density(rgb, lut3, ink_min if p["detect_ink"] else None)
     step = _sample_step(density[inner].size, 16)
     threshold, stats = _od_threshold(density[inner][::step, ::step], p)
     stats["white_point"] = [round(float(v), 1) for v in white]
     tissue = density >= round(threshold * OD_SCALE)
     ink = None
     if p["detect_ink"] and tissue.any():
-        ink = _ink(rgb, lut3, density, tissue, round(threshold * OD_SCALE), mpp, p, stats)
+        ink = _ink(rgb, lut3, density, tissue, dense, round(threshold * OD_SCALE), mpp, p, stats)
     closing, opening = float(p["closing_um"]) / mpp, float(p["opening_um"]) / mpp
     if ink is not None:
         tissue &= ~ink
@@ -845,27 +847,30 @@ def _od_labels(
     return labels, stats
 
 
-def _od_density(rgb: np.ndarray, lut3: np.ndarray) -> np.ndarray:
+def _od_density(rgb: np.ndarray, lut3: np.ndarray, dense_min: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Mean OD over R, G, B (uint8 (H, W)) of ``rgb`` by the per-channel lookup ``lut3``, in strips of rows.
 
     Each strip's OD goes through a strip-sized buffer on one of two threads, so the (H, W, 3) OD image is
-    never written to memory: it was a third of the pass's time in fresh pages and memory traffic.
+    never written to memory: it was a third of the pass's time in fresh pages and memory traffic. With
+    ``dense_min``, also the sorted flat indices of the pixels of density ``>= dense_min`` (found while the
+    strip is in cache), else None.
     """
-    h = rgb.shape[0]
-    density = np.empty(rgb.shape[:2], np.uint8)
+    h, w = rgb.shape[:2]
+    density = np.empty((h, w), np.uint8)
     mean = np.full((1, 3), 1 / 3, np.float32)
 
-    def strip(y0: int) -> None:
+    def strip(y0: int) -> np.ndarray | None:
         y1 = min(h, y0 + _FEATURE_ROWS)
-        cv2.transform(cv2.LUT(rgb[y0:y1], lut3), mean, dst=density[y0:y1])
+        d = cv2.transform(cv2.LUT(rgb[y0:y1], lut3), mean, dst=density[y0:y1])
+        return None if dense_min is None else np.flatnonzero(d >= dense_min) + y0 * w
 
     starts = range(0, h, _FEATURE_ROWS)
     if len(starts) == 1:
-        strip(0)
+        parts = [strip(0)]
     else:
         with ThreadPoolExecutor(2) as pool:
-            list(pool.map(strip, starts))
-    return density
+            parts = list(pool.map(strip, starts))
+    return density, None if dense_min is None else np.concatenate(parts)
 
 
 def _od_at(img: np.ndarray, idx: np.ndarray | None, lut3: np.ndarray | None) -> np.ndarray:
@@ -1009,15 +1014,16 @@ def _ink_features(
 
 
 def _ink(
-    rgb: np.ndarray, lut3: np.ndarray, density: np.ndarray, tissue: np.ndarray, threshold: int, mpp: float,
-    p: dict[str, Any], stats: dict[str, Any],
+    rgb: np.ndarray, lut3: np.ndarray, density: np.ndarray, tissue: np.ndarray, dense: np.ndarray, threshold: int,
+    mpp: float, p: dict[str, Any], stats: dict[str, Any],
 ) -> np.ndarray | None:
     """Pen / marker ink, a boolean image (None when there is none).
 
     Ink is dense, off the slide's stain colour (or black), uniform, and
     stroke-shaped or on glass. The OD is looked up from ``rgb`` by ``lut3``
     (:func:`_od_at`); it and ``density`` (H, W) are
-    uint8 in 1/OD_SCALE steps, ``tissue`` is ``density >= threshold``.
+    uint8 in 1/OD_SCALE steps, ``tissue`` is ``density >= threshold``, ``dense``
+    the sorted flat indices of the pixels of density ``>= ink_min_od``.
 
     The per-pixel tests (:func:`_ink_features`) run on the mask grid; the
     candidate components, their shape and context tests
@@ -1031,7 +1037,7 @@ def _ink(
     """
     # colour features only where ink can be: dense tissue pixels (a fraction of the slide), as flat vectors
     ink_min = round(float(p["ink_min_od"]) * OD_SCALE)
-    idx = np.flatnonzero(tissue & (density >= ink_min) if ink_min < threshold else density >= ink_min)
+    idx = dense[density.ravel()[dense] >= threshold] if ink_min < threshold else dense
     stats["ink_components"] = 0
     if idx.size == 0:
         return None

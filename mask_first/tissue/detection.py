@@ -592,7 +592,9 @@ def _area_resize_streamed(slide: Slide, level: int, fx: float, fy: float, shape:
     wp, hp = max(1, round(nx * fx)), max(1, round(ny * fy))
     every = max(1, int(_STRIP_ROWS / fy))
     ends = sorted({ny, *(m for m in (_grid_count(j, fy) for j in range(every, ny, every)) if m < ny)})
-    out = np.empty((ny, nx, 3), np.uint8)
+    # only the mask's columns are kept, so the result (its rows cut) is contiguous: the od method reads it by
+    # flat pixel index, and a copy of a 50 MP mask's RGB costs as much as its classification's first pass
+    out = np.empty((ny, min(nx, out_w), 3), np.uint8)
     buf, buf_y0 = np.empty((0, wp, 3), np.uint8), 0  # level rows read and not yet used, from buf_y0
     strips = _strips(slide, level, wp, _STRIP_ROWS)
     m0 = 0
@@ -603,10 +605,10 @@ def _area_resize_streamed(slide: Slide, level: int, fx: float, fy: float, shape:
         seg = buf[r0 - buf_y0 : r1 - buf_y0]
         if len(seg) < r1 - r0:  # past the level's last row: white
             seg = np.concatenate([seg, np.full((r1 - r0 - len(seg), wp, 3), 255, np.uint8)])
-        out[m0:m1] = cv2.resize(seg, (nx, m1 - m0), interpolation=cv2.INTER_AREA)
+        out[m0:m1] = cv2.resize(seg, (nx, m1 - m0), interpolation=cv2.INTER_AREA)[:, :out_w]
         buf, buf_y0, m0 = buf[r1 - buf_y0 :], r1, m1
     strips.close()
-    return out[:out_h, :out_w]
+    return out[:out_h]
 
 
 def _grid_count(n: int, f: float) -> int:
@@ -802,7 +804,7 @@ def _od_labels(
     rgb: np.ndarray, mpp: float, p: dict[str, Any], inner: tuple[slice, slice]
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Background / tissue / ink / debris labels from optical density (see the module docstring)."""
-    rgb = np.ascontiguousarray(rgb)  # the colour tests read it by flat pixel index
+    rgb = np.ascontiguousarray(rgb)  # the colour tests read it by flat pixel index (a copy only when cropped)
     # white point: per-channel median of the brightest tenth of the pixels (robust to JPEG ringing)
     # on a grid of about _SAMPLE pixels (a strided view: no copy of the image)
     region = rgb[inner]

@@ -852,8 +852,8 @@ def _od_labels(
 def _od_density(rgb: np.ndarray, lut3: np.ndarray, dense_min: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Mean OD over R, G, B (uint8 (H, W)) of ``rgb`` by the per-channel lookup ``lut3``, in strips of rows.
 
-    Each strip's OD goes through a strip-sized buffer on one of two threads, so the (H, W, 3) OD image is
-    never written to memory: it was a third of the pass's time in fresh pages and memory traffic. With
+    Each strip's OD goes through a strip-sized buffer on one of two threads, so the (H, W, 3) OD image (3
+    bytes a pixel, fresh pages each call) is never held. With
     ``dense_min``, also the sorted flat indices of the pixels of density ``>= dense_min`` (found while the
     strip is in cache), else None.
     """
@@ -915,7 +915,7 @@ def _debris(
     if not small.any():
         return None
     # one gather over the image; everything after it on the small components' pixels only
-    idx = np.flatnonzero(np.take(small, labels))
+    idx = np.flatnonzero(small[labels])  # (np.take would first copy the labels to 64-bit indices)
     lab = labels.ravel()[idx]
     vec = _od_at(od, idx, lut3)
     mean_od = np.stack([np.bincount(lab, weights=vec[:, c], minlength=n) for c in range(3)], axis=1)

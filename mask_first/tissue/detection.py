@@ -592,7 +592,9 @@ def _area_resize_streamed(slide: Slide, level: int, fx: float, fy: float, shape:
     wp, hp = max(1, round(nx * fx)), max(1, round(ny * fy))
     every = max(1, int(_STRIP_ROWS / fy))
     ends = sorted({ny, *(m for m in (_grid_count(j, fy) for j in range(every, ny, every)) if m < ny)})
-    out = np.empty((ny, nx, 3), np.uint8)
+    # only the mask's columns are kept, so the result (its rows cut) is contiguous: the od method reads it by
+    # flat pixel index, and a copy of a 50 MP mask's RGB costs as much as its classification's first pass
+    out = np.empty((ny, min(nx, out_w), 3), np.uint8)
     buf, buf_y0 = np.empty((0, wp, 3), np.uint8), 0  # level rows read and not yet used, from buf_y0
     strips = _strips(slide, level, wp, _STRIP_ROWS)
     m0 = 0
@@ -603,10 +605,10 @@ def _area_resize_streamed(slide: Slide, level: int, fx: float, fy: float, shape:
         seg = buf[r0 - buf_y0 : r1 - buf_y0]
         if len(seg) < r1 - r0:  # past the level's last row: white
             seg = np.concatenate([seg, np.full((r1 - r0 - len(seg), wp, 3), 255, np.uint8)])
-        out[m0:m1] = cv2.resize(seg, (nx, m1 - m0), interpolation=cv2.INTER_AREA)
+        out[m0:m1] = cv2.resize(seg, (nx, m1 - m0), interpolation=cv2.INTER_AREA)[:, :out_w]
         buf, buf_y0, m0 = buf[r1 - buf_y0 :], r1, m1
     strips.close()
-    return out[:out_h, :out_w]
+    return out[:out_h]
 
 
 def _grid_count(n: int, f: float) -> int:
@@ -802,6 +804,7 @@ def _od_labels(
     rgb: np.ndarray, mpp: float, p: dict[str, Any], inner: tuple[slice, slice]
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Background / tissue / ink / debris labels from optical density (see the module docstring)."""
+    rgb = np.ascontiguousarray(rgb)  # the colour tests read it by flat pixel index (a copy only when cropped)
     # white point: per-channel median of the brightest tenth of the pixels (robust to JPEG ringing)
     # on a grid of about _SAMPLE pixels (a strided view: no copy of the image)
     region = rgb[inner]
@@ -815,22 +818,26 @@ def _od_labels(
     # OD per channel by lookup, log10(I0 / I) with I >= 1, 0 for pixels brighter than the white point
     levels = np.maximum(np.arange(256, dtype=np.float64), 1)
     lut = np.stack([np.clip(np.rint(OD_SCALE * np.log10(w / levels)), 0, 255) for w in white], axis=1)
-    od = cv2.LUT(rgb, lut.astype(np.uint8).reshape(256, 1, 3))  # (H, W, 3) uint8
-    density = cv2.transform(od, np.full((1, 3), 1 / 3, np.float32))  # mean over R, G, B, uint8
+    # the OD image itself is never held: the density is made strip by strip, and the colour tests look the
+    # OD up at the pixels they read (lut3, :func:`_od_at`)
+    lut3 = lut.astype(np.uint8).reshape(256, 1, 3)
+    # mean OD over R, G, B (uint8), and where ink can be: the pixels of density >= ink_min_od
+    ink_min = round(float(p["ink_min_od"]) * OD_SCALE)
+    density, dense = _od_density(rgb, lut3, ink_min if p["detect_ink"] else None)
     step = _sample_step(density[inner].size, 16)
     threshold, stats = _od_threshold(density[inner][::step, ::step], p)
     stats["white_point"] = [round(float(v), 1) for v in white]
     tissue = density >= round(threshold * OD_SCALE)
     ink = None
     if p["detect_ink"] and tissue.any():
-        ink = _ink(od, density, tissue, round(threshold * OD_SCALE), mpp, p, stats)
+        ink = _ink(rgb, lut3, density, tissue, dense, round(threshold * OD_SCALE), mpp, p, stats)
     closing, opening = float(p["closing_um"]) / mpp, float(p["opening_um"]) / mpp
     if ink is not None:
         tissue &= ~ink
     tissue = _close_open(tissue, closing, opening)
     if ink is not None and (_disk(closing) is not None or _disk(opening) is not None):
         tissue &= ~ink
-    debris = _debris(tissue, od, mpp, p) if p["min_object_um2"] else None
+    debris = _debris(tissue, rgb, mpp, p, lut3) if p["min_object_um2"] else None
     if p["min_hole_um2"]:
         holes = ~tissue if ink is None else ~tissue & ~ink
         tissue |= _small_components(holes, float(p["min_hole_um2"]) / mpp**2, enclosed=True)
@@ -840,6 +847,41 @@ def _od_labels(
     if ink is not None:
         np.copyto(labels, INK, where=ink)
     return labels, stats
+
+
+def _od_density(rgb: np.ndarray, lut3: np.ndarray, dense_min: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Mean OD over R, G, B (uint8 (H, W)) of ``rgb`` by the per-channel lookup ``lut3``, in strips of rows.
+
+    Each strip's OD goes through a strip-sized buffer on one of two threads, so the (H, W, 3) OD image (3
+    bytes a pixel, fresh pages each call) is never held. With
+    ``dense_min``, also the sorted flat indices of the pixels of density ``>= dense_min`` (found while the
+    strip is in cache), else None.
+    """
+    h, w = rgb.shape[:2]
+    density = np.empty((h, w), np.uint8)
+    mean = np.full((1, 3), 1 / 3, np.float32)
+
+    def strip(y0: int) -> np.ndarray | None:
+        y1 = min(h, y0 + _FEATURE_ROWS)
+        d = cv2.transform(cv2.LUT(rgb[y0:y1], lut3), mean, dst=density[y0:y1])
+        return None if dense_min is None else np.flatnonzero(d >= dense_min) + y0 * w
+
+    starts = range(0, h, _FEATURE_ROWS)
+    if len(starts) == 1:
+        parts = [strip(0)]
+    else:
+        with ThreadPoolExecutor(2) as pool:
+            parts = list(pool.map(strip, starts))
+    return density, None if dense_min is None else np.concatenate(parts)
+
+
+def _od_at(img: np.ndarray, idx: np.ndarray | None, lut3: np.ndarray | None) -> np.ndarray:
+    """(n, 3) uint8 OD of the pixels of ``img`` at the flat indices ``idx`` (None: ``img`` is those (n, 3) pixels).
+
+    ``img`` is RGB looked up by ``lut3``, or (``lut3`` None) the OD image itself.
+    """
+    pix = img.reshape(-1, 3) if idx is None else np.take(img.reshape(-1, 3), idx, axis=0)
+    return pix if lut3 is None or not pix.size else cv2.LUT(pix.reshape(-1, 1, 3), lut3).reshape(-1, 3)
 
 
 def _od_threshold(density: np.ndarray, p: dict[str, Any]) -> tuple[float, dict[str, Any]]:
@@ -857,10 +899,13 @@ def _od_threshold(density: np.ndarray, p: dict[str, Any]) -> tuple[float, dict[s
     return used, {"od_threshold": used, "faint": faint}
 
 
-def _debris(tissue: np.ndarray, od: np.ndarray, mpp: float, p: dict[str, Any]) -> np.ndarray | None:
+def _debris(
+    tissue: np.ndarray, od: np.ndarray, mpp: float, p: dict[str, Any], lut3: np.ndarray | None = None
+) -> np.ndarray | None:
     """Small components that are dust or specks: under ``min_object_um2`` and achromatic, or of 2 px or less.
 
     A small tissue fragment is kept: it carries the stain's colour, dust and dirt are grey or black.
+    ``od`` is the (H, W, 3) uint8 OD image, or with ``lut3`` the RGB it is looked up from (:func:`_od_at`).
     Returns a boolean image, or None when there is no debris.
     """
     n, labels = _components(tissue)
@@ -870,9 +915,9 @@ def _debris(tissue: np.ndarray, od: np.ndarray, mpp: float, p: dict[str, Any]) -
     if not small.any():
         return None
     # one gather over the image; everything after it on the small components' pixels only
-    idx = np.flatnonzero(small[labels])
+    idx = np.flatnonzero(small[labels])  # (np.take would first copy the labels to 64-bit indices)
     lab = labels.ravel()[idx]
-    vec = od.reshape(-1, 3)[idx]
+    vec = _od_at(od, idx, lut3)
     mean_od = np.stack([np.bincount(lab, weights=vec[:, c], minlength=n) for c in range(3)], axis=1)
     unit = mean_od / np.maximum(np.linalg.norm(mean_od, axis=1, keepdims=True), 1e-9)
     grey = unit.max(axis=1) - unit.min(axis=1) < float(p["debris_max_chroma"])
@@ -903,10 +948,12 @@ def _label_counts(labels: np.ndarray, where: np.ndarray | None, n: int) -> np.nd
 
 #: rows of the mask whose ink features are computed at a time (bounds the float temporaries)
 _FEATURE_ROWS = 256
+#: squares of 0..255 as uint16, a lookup table for the local variance of the density
+_SQUARES = (np.arange(256) ** 2).astype(np.uint16)
 
 
 def _ink_features(
-    od: np.ndarray, density: np.ndarray, idx: np.ndarray, ref: np.ndarray, p: dict[str, Any]
+    rgb: np.ndarray, lut3: np.ndarray, density: np.ndarray, idx: np.ndarray, ref: np.ndarray, p: dict[str, Any]
 ) -> tuple[np.ndarray, ...]:
     """Per-pixel ink tests at the flat indices ``idx`` (sorted) of the dense tissue pixels.
 
@@ -920,7 +967,7 @@ def _ink_features(
     strips in size.
     """
     h, w = density.shape
-    flat_od, flat_d = od.reshape(-1, 3), density.ravel()
+    flat_d = density.ravel()
     ref32 = ref.astype(np.float32)
     cos_off = math.cos(math.radians(float(p["ink_min_angle_deg"])))
     cos_loose = math.cos(math.radians(0.6 * float(p["ink_min_angle_deg"])))
@@ -933,25 +980,32 @@ def _ink_features(
             return
         i = idx[lo:hi]
         # per channel as contiguous vectors: numpy reduces a trailing axis of 3 slowly
-        r, g, b = (flat_od[i, c].astype(np.float32) for c in range(3))
-        inv = 1 / np.maximum(np.sqrt(r * r + g * g + b * b), np.float32(1e-6))
-        r, g, b = r * inv, g * inv, b * inv
-        cos = r * ref32[0] + g * ref32[1] + b * ref32[2]  # cosine to the stain colour
-        spread = np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)  # 0 = neutral grey / black
-        d = flat_d[i].astype(np.float32) / OD_SCALE
-        black = (spread < 0.15) & (d >= float(p["ink_black_min_od"]))
+        od = _od_at(rgb, i, lut3)
+        o = [od[:, c] for c in range(3)]
+        r, g, b = (c.astype(np.float32) for c in o)
+        # compared with the OD vector's norm instead of normalising it: cosine to the stain colour
+        # dot / norm, spread of the unit vector (0 = neutral grey / black) (max - min) / norm
+        norm = np.sqrt(r * r + g * g + b * b)
+        dot = r * ref32[0] + g * ref32[1] + b * ref32[2]
+        spread = np.maximum(np.maximum(o[0], o[1]), o[2]) - np.minimum(np.minimum(o[0], o[1]), o[2])
+        d = flat_d[i]  # density in 1/OD_SCALE
+        black = (spread < np.float32(0.15) * norm) & (d >= float(p["ink_black_min_od"]) * OD_SCALE)
         # local (3 x 3) coefficient of variation of the density: a dye film is smooth, tissue has cells.
         # The strip's box filters with one row of its neighbours each side are the whole image's.
         y0 = max(0, k * _FEATURE_ROWS - 1)
         rows = density[y0 : min(h, (k + 1) * _FEATURE_ROWS + 1)]
         j = i - y0 * w
-        mean = cv2.boxFilter(rows, cv2.CV_32F, (3, 3)).ravel()[j] / OD_SCALE
-        sq = cv2.sqrBoxFilter(rows, cv2.CV_32F, (3, 3)).ravel()[j] / OD_SCALE**2
-        smooth = np.sqrt(np.maximum(sq - mean * mean, 0)) < float(p["ink_max_cv"]) * np.maximum(mean, 1e-3)
-        off = (cos <= cos_off) | black
+        # In integers: with the 3 x 3 sums s1 of the density and s2 of its squares, std < cv * mean is
+        # 9 s2 - s1² < (cv s1)² (a dense pixel has s1 >= ink_min_od > 0); exact, and 2- and 4-byte sums
+        # instead of two float images
+        s1 = cv2.boxFilter(rows, cv2.CV_16U, (3, 3), normalize=False).ravel()[j].astype(np.int64)
+        s2 = cv2.boxFilter(cv2.LUT(rows, _SQUARES), cv2.CV_32S, (3, 3), normalize=False).ravel()[j]
+        s1 *= s1
+        smooth = 9 * s2 - s1 < float(p["ink_max_cv"]) ** 2 * s1
+        off = (dot <= np.float32(cos_off) * norm) | black
         out[0][lo:hi], out[1][lo:hi] = smooth, off
-        out[2][lo:hi] = off | (smooth & (d >= 2 * float(p["ink_min_od"])))
-        out[3][lo:hi] = (cos <= cos_loose) | smooth
+        out[2][lo:hi] = off | (smooth & (d >= 2 * float(p["ink_min_od"]) * OD_SCALE))
+        out[3][lo:hi] = (dot <= np.float32(cos_loose) * norm) | smooth
 
     if len(bounds) <= 2:
         strip(0)
@@ -962,14 +1016,16 @@ def _ink_features(
 
 
 def _ink(
-    od: np.ndarray, density: np.ndarray, tissue: np.ndarray, threshold: int, mpp: float, p: dict[str, Any],
-    stats: dict[str, Any],
+    rgb: np.ndarray, lut3: np.ndarray, density: np.ndarray, tissue: np.ndarray, dense: np.ndarray, threshold: int,
+    mpp: float, p: dict[str, Any], stats: dict[str, Any],
 ) -> np.ndarray | None:
     """Pen / marker ink, a boolean image (None when there is none).
 
     Ink is dense, off the slide's stain colour (or black), uniform, and
-    stroke-shaped or on glass. ``od`` (H, W, 3) and ``density`` (H, W) are
-    uint8 in 1/OD_SCALE steps, ``tissue`` is ``density >= threshold``.
+    stroke-shaped or on glass. The OD is looked up from ``rgb`` by ``lut3``
+    (:func:`_od_at`); it and ``density`` (H, W) are
+    uint8 in 1/OD_SCALE steps, ``tissue`` is ``density >= threshold``, ``dense``
+    the sorted flat indices of the pixels of density ``>= ink_min_od``.
 
     The per-pixel tests (:func:`_ink_features`) run on the mask grid; the
     candidate components, their shape and context tests
@@ -983,19 +1039,19 @@ def _ink(
     """
     # colour features only where ink can be: dense tissue pixels (a fraction of the slide), as flat vectors
     ink_min = round(float(p["ink_min_od"]) * OD_SCALE)
-    idx = np.flatnonzero(tissue & (density >= ink_min) if ink_min < threshold else density >= ink_min)
+    idx = dense[density.ravel()[dense] >= threshold] if ink_min < threshold else dense
     stats["ink_components"] = 0
     if idx.size == 0:
         return None
     # the slide's own stain colour: median unit OD vector of its tissue (ink is a minority of it)
     step = _sample_step(np.count_nonzero(tissue))
-    t_sample = od[::step, ::step][tissue[::step, ::step]]
+    t_sample = _od_at(rgb[::step, ::step][tissue[::step, ::step]], None, lut3)
     t_r, t_g, t_b = (t_sample[:, c].astype(np.float32) for c in range(3))
     t_inv = 1 / np.maximum(np.sqrt(t_r * t_r + t_g * t_g + t_b * t_b), np.float32(1e-6))
     ref = np.array([np.median(c * t_inv) for c in (t_r, t_g, t_b)])
     ref /= max(float(np.linalg.norm(ref)), 1e-6)
     stats["stain_od_vector"] = [round(float(v), 3) for v in ref]
-    smooth_v, off_v, cand_v, loose_v = _ink_features(od, density, idx, ref, p)
+    smooth_v, off_v, cand_v, loose_v = _ink_features(rgb, lut3, density, idx, ref, p)
 
     def image(values: np.ndarray) -> np.ndarray:
         out = np.zeros(tissue.size, np.uint8)
@@ -1011,11 +1067,11 @@ def _ink(
     hc, wc = h // k, w // k
     if k == 1 or min(hc, wc) < 8:  # on the mask grid itself (also for masks of a few pixels)
         cand = cv2.morphologyEx(image(cand_v), cv2.MORPH_CLOSE, _disk(1.5))
-        n, labels, cstats, _ = cv2.connectedComponentsWithStats(cand, connectivity=8)
+        n, labels = _components(cand)
         lab_v = labels.ravel()[idx]
-        votes = (cstats[:, cv2.CC_STAT_AREA], np.bincount(lab_v[smooth_v], minlength=n),
+        votes = (_label_counts(labels, None, n), np.bincount(lab_v[smooth_v], minlength=n),
                  np.bincount(lab_v[off_v], minlength=n))  # fmt: skip
-        keep = _stroke_components(labels, cstats, votes, tissue, 1, mpp, p)
+        keep = _stroke_components(labels, n, votes, tissue, 1, mpp, p)
         stats["ink_components"] = int(keep.sum())
         if not keep.any():
             return None
@@ -1028,13 +1084,13 @@ def _ink(
     ci = ci_all[cand_v]
     cand_c = np.zeros(hc * wc, np.uint8)
     cand_c[ci] = 1
-    n, labels, cstats, _ = cv2.connectedComponentsWithStats(cand_c.reshape(hc, wc), connectivity=8)
+    n, labels = _components(cand_c.reshape(hc, wc))
     lab = labels.ravel()[ci]
     votes = (np.bincount(lab, minlength=n), np.bincount(lab[smooth_v[cand_v]], minlength=n),
              np.bincount(lab[off_v[cand_v]], minlength=n))  # fmt: skip
     # the coarse tissue for the context test: the block's majority (rounded mean of 0/1)
     tissue_c = cv2.resize(tissue[: hc * k, : wc * k].view(np.uint8), (wc, hc), interpolation=cv2.INTER_AREA) > 0
-    keep = _stroke_components(labels, cstats, votes, tissue_c, k, mpp, p)
+    keep = _stroke_components(labels, n, votes, tissue_c, k, mpp, p)
     stats["ink_components"] = int(keep.sum())
     if not keep.any():
         return None
@@ -1043,26 +1099,27 @@ def _ink(
     loose_c = np.zeros(hc * wc, np.uint8)
     loose_c[ci_all[loose_v]] = 1
     grown_c = _grow_ink(keep[labels].view(np.uint8), loose_c.reshape(hc, wc), None, steps_of(mpp * k), 0)
-    up = np.empty((h, w), np.uint8)
-    cv2.resize(grown_c, (wc * k, hc * k), dst=up[: hc * k, : wc * k], interpolation=cv2.INTER_NEAREST)
-    up[hc * k :], up[:, wc * k :] = up[hc * k - 1], up[:, wc * k - 1 : wc * k]
-    strokes = cv2.bitwise_and(up, image(cand_v | loose_v), dst=up)
-    return _grow_ink(strokes, None, tissue, 0, margin_px).view(bool)
+    # a dense pixel is a stroke pixel when its coarse pixel grew and it is a candidate or loose one: read off
+    # the coarse grid through each dense pixel's coarse index (no mask-sized upsampling and AND)
+    strokes = image(grown_c.ravel()[ci_all].view(bool) & (cand_v | loose_v))
+    return _ink_margin(strokes, tissue, margin_px).view(bool)
 
 
 def _stroke_components(
-    labels: np.ndarray, cstats: np.ndarray, votes: tuple[np.ndarray, ...], tissue: np.ndarray, k: int,
-    mpp: float, p: dict[str, Any],
+    labels: np.ndarray, n: int, votes: tuple[np.ndarray, ...], tissue: np.ndarray, k: int, mpp: float,
+    p: dict[str, Any],
 ) -> np.ndarray:
     """Which candidate components are ink strokes (boolean per label; label 0 is never ink).
 
-    ``labels``/``cstats`` are the components on a grid of ``k`` mask pixels
+    ``labels`` (``n`` labels) are the components on a grid of ``k`` mask pixels
     (``mpp`` µm each), ``votes`` = (candidate pixels, smooth ones, off-stain
     ones) per component counted on the mask grid, ``tissue`` the tissue on the
     components' grid. A stroke is big (``ink_min_area_um2``), off the stain or
     smooth for most of its pixels, and elongated or lying mostly on glass.
+    Shape and context are measured for the big candidates alone, in their
+    bounding box; no per-component statistics pass over the whole labelling
+    (it cost as much as the labelling itself).
     """
-    n = len(cstats)
     area, smooth_n, off_n = votes
     big = area >= float(p["ink_min_area_um2"]) / mpp**2
     big[0] = False
@@ -1073,43 +1130,33 @@ def _stroke_components(
     big &= off | uniform
     if not big.any():
         return big
-    # shape and context of the big components only, in their bounding box
-    x0, y0 = cstats[big, cv2.CC_STAT_LEFT].min(), cstats[big, cv2.CC_STAT_TOP].min()
-    x1 = (cstats[big, cv2.CC_STAT_LEFT] + cstats[big, cv2.CC_STAT_WIDTH]).max()
-    y1 = (cstats[big, cv2.CC_STAT_TOP] + cstats[big, cv2.CC_STAT_HEIGHT]).max()
-    box = (slice(max(0, y0 - 3), y1 + 3), slice(max(0, x0 - 3), x1 + 3))
     # the big components renumbered 1..nb in their order (so a dilation's max picks the same one)
     big_ids = np.flatnonzero(big)
-    compact = np.zeros(n, np.uint16 if big_ids.size < 65535 else np.float32)
-    compact[big_ids] = np.arange(1, big_ids.size + 1)
-    blabels = compact[labels[box]]
-    inside = (blabels > 0).view(np.uint8)
+    nb = big_ids.size + 1
+    compact = np.zeros(n, np.uint16 if nb <= 65535 else np.float32)
+    compact[big_ids] = np.arange(1, nb)
+    blabels = compact[labels]
+    x, y, bw, bh = cv2.boundingRect(cv2.compare(blabels, 0, cv2.CMP_GT))
+    box = (slice(max(0, y - 3), y + bh + 3), slice(max(0, x - 3), x + bw + 3))
+    blabels = blabels[box]
+    inside = cv2.compare(blabels, 0, cv2.CMP_GT)  # 255 on the big components
     # stroke shape: length / width = area / (2 r)², r = largest inscribed radius (distance transform),
-    # the maximum taken per component over its own bounding box; both on the components' own grid
+    # the maximum taken per component over its pixels; both on the components' own grid
     dist = cv2.distanceTransform(inside, cv2.DIST_L2, 5)
-    radius = np.zeros(n)
-    if big_ids.size <= 256:
-        for j, c in enumerate(big_ids, start=1):
-            cx, cy = cstats[c, cv2.CC_STAT_LEFT] - box[1].start, cstats[c, cv2.CC_STAT_TOP] - box[0].start
-            sub = (slice(cy, cy + cstats[c, cv2.CC_STAT_HEIGHT]), slice(cx, cx + cstats[c, cv2.CC_STAT_WIDTH]))
-            radius[c] = dist[sub][blabels[sub] == j].max()
-    else:  # many components: one unbuffered maximum over all their pixels
-        r_big = np.zeros(big_ids.size + 1)
-        np.maximum.at(r_big, blabels[inside.view(bool)].astype(np.int64), dist[inside.view(bool)])
-        radius[big_ids] = r_big[1:]
-    elongation = cstats[:, cv2.CC_STAT_AREA] / np.maximum(2 * radius, 1) ** 2
-    del dist  # a float per pixel of the box: free it before the ring's temporaries
+    at = inside.view(bool)
+    r_big = np.zeros(nb)
+    np.maximum.at(r_big, blabels[at].astype(np.intp), dist[at])
+    del dist, at  # a float per pixel of the box: free it before the ring's temporaries
+    elongation = _label_counts(blabels, None, nb)[1:] / np.maximum(2 * r_big[1:], 1) ** 2
     # context: share of a ring of 3 mask pixels around the component that is background (a dilation of
     # the labels gives each ring pixel the label of a component it is next to)
     ring_px = 2 * max(1, round(3 / k)) + 1
     ring_labels = cv2.dilate(blabels, np.ones((ring_px, ring_px), np.uint8))
     ring = cv2.bitwise_and(cv2.compare(ring_labels, 0, cv2.CMP_GT), cv2.compare(inside, 0, cv2.CMP_EQ))
-    ring_n = _label_counts(ring_labels, ring, big_ids.size + 1)[1:]
-    ring_bg = _label_counts(ring_labels, cv2.bitwise_and(ring, cv2.compare(tissue[box].view(np.uint8), 0, cv2.CMP_EQ)), big_ids.size + 1)[1:]
-    on_glass = np.zeros(n, bool)
-    on_glass[big_ids] = ring_bg >= 0.5 * np.maximum(ring_n, 1)
-    keep = big & ((elongation >= float(p["ink_min_elongation"])) | on_glass)
-    keep[0] = False
+    ring_n = _label_counts(ring_labels, ring, nb)[1:]
+    ring_bg = _label_counts(ring_labels, cv2.bitwise_and(ring, cv2.compare(tissue[box].view(np.uint8), 0, cv2.CMP_EQ)), nb)[1:]
+    keep = np.zeros(n, bool)
+    keep[big_ids] = (elongation >= float(p["ink_min_elongation"])) | (ring_bg >= 0.5 * np.maximum(ring_n, 1))
     return keep
 
 
@@ -1140,3 +1187,21 @@ def _grow_ink(
     out = np.zeros(strokes.shape, np.uint8)
     out[box] = ink
     return out
+
+
+def _ink_margin(strokes: np.ndarray, tissue: np.ndarray, margin_px: float) -> np.ndarray:
+    """:func:`_grow_ink` without the growth, in place: ``strokes`` (uint8 0/1) dilated by a disk of ``margin_px``, on ``tissue``.
+
+    Only the strokes' bounding box plus the disk radius is dilated, and the
+    result is written back into that box of ``strokes`` (no mask-sized copies).
+    """
+    margin = _disk(margin_px)
+    if margin is None:
+        return strokes
+    pad = margin.shape[0] // 2 + 1
+    x, y, bw, bh = cv2.boundingRect(strokes)
+    if bw == 0:
+        return strokes
+    box = (slice(max(0, y - pad), y + bh + pad), slice(max(0, x - pad), x + bw + pad))
+    cv2.bitwise_and(cv2.dilate(strokes[box], margin), tissue[box].view(np.uint8), dst=strokes[box])
+    return strokes

@@ -6,9 +6,10 @@ cost is starting the interpreter and importing numpy, pyarrow, tifffile, h5py,
 OpenCV and the package: 0.3-0.5 s a job here, paid by every job of every
 slide. With ``warm_start: true`` (the default) a local run pays it once:
 
-* the Snakefile's ``onstart`` starts :func:`serve`, which imports those modules
-  and listens on an abstract Unix socket named in the environment variable
-  ``MASK_FIRST_FORKSERVER``, which every job inherits;
+* the Snakefile's ``onstart`` starts :func:`serve` through :func:`start`,
+  which returns once the server's abstract Unix socket is bound (the imports
+  follow; jobs connecting meanwhile wait in the backlog), and names the socket
+  in the environment variable ``MASK_FIRST_FORKSERVER``, which every job inherits;
 * a job's ``step.py`` calls :func:`run`: it passes the server its arguments,
   working directory, environment, umask and standard streams (the file
   descriptors themselves, ``SCM_RIGHTS``), and waits;
@@ -210,12 +211,14 @@ def _child(conn: socket.socket, fds: list[int], request: dict) -> None:
 
 
 def serve(address: str, parent_pid: int | None = None, idle_timeout: float = 3600.0,
-          preload: Sequence[str] = PRELOAD) -> None:
+          preload: Sequence[str] = PRELOAD, ready_fd: int | None = None) -> None:
     """Listen on the abstract socket ``address`` and fork one child per job (see the module docstring).
 
-    Returns when ``parent_pid`` is no longer this process's parent, after
-    ``idle_timeout`` seconds without a job, or on SIGTERM / SIGINT, once the
-    children running then have been reaped.
+    ``ready_fd``: a pipe written to and closed once the socket is bound, before
+    the imports, so the starter can wait for it (a job connecting earlier would
+    find no socket and run in its own process). Returns when ``parent_pid`` is
+    no longer this process's parent, after ``idle_timeout`` seconds without a
+    job, or on SIGTERM / SIGINT, once the children running then have been reaped.
     """
     import importlib
     import selectors
@@ -225,6 +228,9 @@ def serve(address: str, parent_pid: int | None = None, idle_timeout: float = 360
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind("\0" + address)  # bound before the imports: early jobs wait in the backlog, not fall back
     listener.listen(128)
+    if ready_fd is not None:
+        os.write(ready_fd, b"1")
+        os.close(ready_fd)
     t0 = time.perf_counter()
     for name in preload:
         importlib.import_module(name)
@@ -335,9 +341,35 @@ def _reap(running: dict[int, socket.socket]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``step.py --serve ADDRESS PARENT_PID``: run the server (started by the Snakefile's ``onstart``)."""
+    """``step.py --serve ADDRESS PARENT_PID [READY_FD]``: run the server (started by :func:`start`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if len(argv) != 2:
-        raise SystemExit("usage: step.py --serve ADDRESS PARENT_PID")
-    serve(argv[0], int(argv[1]))
+    if len(argv) not in (2, 3):
+        raise SystemExit("usage: step.py --serve ADDRESS PARENT_PID [READY_FD]")
+    serve(argv[0], int(argv[1]), ready_fd=int(argv[2]) if len(argv) == 3 else None)
     return 0
+
+
+def start(command: Sequence[str], address: str, log, timeout: float = 30.0):
+    """Start the server (``command + ["--serve", address, <pid>, <fd>]``) and wait until it listens.
+
+    Returns the ``subprocess.Popen``, or None (the server is killed) if it did not
+    bind its socket within ``timeout`` seconds; the jobs then run in their own processes.
+    """
+    import select
+    import subprocess
+
+    r, w = os.pipe()
+    try:
+        proc = subprocess.Popen([*command, "--serve", address, str(os.getpid()), str(w)], pass_fds=(w,),
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    finally:
+        os.close(w)
+    try:
+        ready = select.select([r], [], [], timeout)[0] and os.read(r, 1) == b"1"
+    finally:
+        os.close(r)
+    if not ready:
+        proc.kill()
+        proc.wait()
+        return None
+    return proc

@@ -11,6 +11,7 @@ import os
 import re
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -85,6 +86,25 @@ def test_a_job_run_by_the_warm_process_writes_what_its_own_process_writes(tmp_pa
     assert np.array_equal(np.c_[a.column("x").to_numpy(), a.column("y").to_numpy()], ref)
     assert pq.read_table(warm / "s.info.parquet").equals(pq.read_table(cold / "s.info.parquet"))
     assert "tiles done" in (warm / "s.log").read_text()
+
+
+def test_start_returns_once_the_socket_is_bound_so_the_first_job_is_not_turned_away(tmp_path):
+    from mask_first.forkserver import start
+
+    slide = write_synthetic_slide(tmp_path / "s.tiff", 512, 384, mpp=0.5, seed=4)
+    address = f"mask-first-test-{secrets.token_hex(6)}"
+    with open(tmp_path / "server.log", "w") as log:
+        proc = start([sys.executable, str(STEP)], address, log)
+    try:
+        assert proc is not None
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.connect("\0" + address)  # bound already: no ConnectionRefusedError
+        # a job started right away waits in the backlog for the imports instead of running on its own
+        subprocess.run(_tiles_argv(tmp_path, "s", slide), env={**os.environ, ENV: address}, check=True)
+        assert list(_jobs_in(tmp_path / "server.log").values()) == [["tiles s", "exit 0"]]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def test_the_child_takes_the_jobs_environment_directory_and_streams(tmp_path, server):

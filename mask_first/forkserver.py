@@ -157,11 +157,11 @@ def exit_with(code: int) -> None:
 
 def _child(conn: socket.socket, fds: list[int], request: dict) -> None:
     """In the forked child: become the job's process, run the step, exit with its status."""
+    import logging
     import threading
     import traceback
 
-    for s in (signal.SIGINT,):
-        signal.signal(s, signal.default_int_handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # the server stops on SIGINT; a job raises
     for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
         signal.signal(s, signal.SIG_DFL)
     signal.set_wakeup_fd(-1)
@@ -199,8 +199,6 @@ def _child(conn: socket.socket, fds: list[int], request: dict) -> None:
     except BaseException:
         traceback.print_exc()
         code = 1
-    import logging
-
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:

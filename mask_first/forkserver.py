@@ -329,10 +329,11 @@ def _reap(running: dict[int, socket.socket]) -> None:
         if pid == 0:
             return
         conn = running.pop(pid, None)
-        print(f"job {pid}: exit {os.waitstatus_to_exitcode(status)}", file=sys.stderr, flush=True)
+        code = os.waitstatus_to_exitcode(status)
+        print(f"job {pid}: exit {code}", file=sys.stderr, flush=True)
         if conn is not None:
             try:
-                conn.sendall(_REPLY.pack(b"X", os.waitstatus_to_exitcode(status)))
+                conn.sendall(_REPLY.pack(b"X", code))
             except OSError:
                 pass
             conn.close()
@@ -371,3 +372,15 @@ def start(command: Sequence[str], address: str, log, timeout: float = 30.0):
         proc.wait()
         return None
     return proc
+
+
+def stop(proc, timeout: float = 30.0) -> None:
+    """Stop a server from :func:`start`: SIGTERM (it finishes the jobs in flight), then SIGKILL after ``timeout`` s."""
+    import subprocess
+
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

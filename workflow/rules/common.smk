@@ -213,20 +213,13 @@ def start_warm_process():
 def stop_warm_process():
     """Stop it (``onsuccess`` / ``onerror``): every job has ended by then."""
     import os
-    import subprocess
 
-    from mask_first.forkserver import ENV
+    from mask_first.forkserver import ENV, stop
 
     process = _WARM.pop("process", None)
     os.environ.pop(ENV, None)
-    if process is None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    if process is not None:
+        stop(process)
 
 
 def fixed_signature(func):

@@ -232,6 +232,32 @@ def test_resampling_is_area_average_and_aligned(f, axis):
     assert np.abs(err).max() < 2.6, np.abs(err).max()
 
 
+@pytest.mark.parametrize("f", [1.3, 1.5, 1.7, 2.5, 3.125, 5.0])
+@pytest.mark.parametrize("axis", [0, 1])
+def test_resampling_mixes_a_step_edge_by_area(f, axis):
+    """A step from 40 to 240 grey at level pixel 23: the mask pixel across it is the area-weighted mix.
+
+    A linear ramp cannot tell an area average from bilinear interpolation (both give the ramp's value at
+    the centre); a step can: bilinear at the centre of a pixel that straddles the edge weighs the two
+    sides by distance, not by area.
+    """
+    n, edge, lo, hi = 60, 23, 40.0, 240.0
+    line = np.where(np.arange(n) < edge, lo, hi).astype(np.uint8)
+    img = np.broadcast_to(line[:, None] if axis == 0 else line[None, :], (n, n))
+    img = np.repeat(img[..., None], 3, axis=2)
+    slide = ArraySlide([np.ascontiguousarray(img)], mpp=1.0)
+    grey = tissue_mod.level_on_mask_grid(slide, 0, mask_shape(slide, f), (f, f))[:, :, 0].astype(float)
+    got = grey[:, 0] if axis == 0 else grey[0, :]
+    j = np.arange(math.ceil((n - 1) / f) - 1)  # pixels wholly on the slide
+    a, b = j * f, (j + 1) * f
+    share_lo = np.clip((edge - a) / f, 0, 1)  # fraction of the pixel's area left of the edge
+    want = share_lo * lo + (1 - share_lo) * hi
+    assert np.abs(got[j] - want).max() < 2.6, (np.abs(got[j] - want).max(), f)
+    straddle = (a < edge) & (b > edge)
+    assert straddle.any()  # the test has a pixel across the edge
+    assert np.abs(got[j][straddle] - want[straddle]).max() < 2.6
+
+
 def test_anisotropic_pixels_give_square_mask_pixels():
     img = np.full((200, 300, 3), 240, np.uint8)
     img[50:150, 100:200] = TISSUE_RGB  # 100 x 100 px = 50 µm wide, 100 µm high

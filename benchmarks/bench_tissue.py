@@ -25,7 +25,10 @@ on one by the ``read_level`` baseline).
 
 Usage::
 
-    python benchmarks/bench_tissue.py [--repeat 5] [--methods od otsu saturation] [--no-big]
+    python benchmarks/bench_tissue.py [--repeat 5] [--methods od otsu saturation] [--no-big] [--params KEY=VALUE ...]
+
+``--params detect_ink=false min_object_um2=0`` times ``od`` without its ink and
+debris stages, to see what each stage costs against the bar.
 
 Prints one line per (slide, mask mpp, method) and a final summary line.
 """
@@ -67,6 +70,21 @@ def _time(fn) -> tuple[float, float]:
     return time.perf_counter() - w0, time.process_time() - c0
 
 
+#: method parameters from ``--params`` (e.g. ``detect_ink=false``), applied to every method that has them
+PARAMS: dict[str, object] = {}
+
+
+def _parse_param(text: str) -> tuple[str, object]:
+    key, _, value = text.partition("=")
+    low = value.lower()
+    if low in ("true", "false"):
+        return key, low == "true"
+    try:
+        return key, int(value)
+    except ValueError:
+        return key, float(value)
+
+
 def bench_case(path: Path, override, mpp: float, methods, repeat: int, label: str) -> list[tuple[float, float, float]]:
     """(mask / decode wall ratio, decode seconds, mask / decode CPU ratio) per method."""
     with open_slide(path, override) as s:
@@ -81,7 +99,7 @@ def bench_case(path: Path, override, mpp: float, methods, repeat: int, label: st
     def make(method):
         def run():
             with open_slide(path, override) as s:
-                res = tissue_mask_with_info(s, mpp, method)
+                res = tissue_mask_with_info(s, mpp, method, **_params_of(method))
             assert res.level == level
             return res
 
@@ -107,6 +125,12 @@ def bench_case(path: Path, override, mpp: float, methods, repeat: int, label: st
             flush=True,
         )
     return ratios
+
+
+def _params_of(method: str) -> dict[str, object]:
+    from mask_first.tissue.detection import default_params
+
+    return {k: v for k, v in PARAMS.items() if k in default_params(method)}
 
 
 def write_big_tiff(path: Path) -> Path:
@@ -145,12 +169,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", default=["od", "otsu", "saturation"])
     parser.add_argument("--mpp", type=float, default=8.0, help="mask resolution for the real/synthetic slides")
     parser.add_argument("--no-big", action="store_true", help="skip the generated slides")
+    parser.add_argument("--params", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="method parameters, e.g. detect_ink=false min_object_um2=0 (what a stage costs)")
     args = parser.parse_args(argv)
+    PARAMS.update(_parse_param(t) for t in args.params)
     import pyvips
 
     print(f"numpy {np.__version__}, libvips {pyvips.version(0)}.{pyvips.version(1)}.{pyvips.version(2)}, "
           f"{os.cpu_count()} cpus, load {os.getloadavg()[0]:.2f}, repeat {args.repeat} (min), "
-          f"ratio = tissue_mask time / read_level time", flush=True)  # fmt: skip
+          f"ratio = tissue_mask time / read_level time, params {PARAMS or 'defaults'}", flush=True)  # fmt: skip
     all_ratios: list[tuple[str, float]] = []
     if SHARED.is_dir():
         for name, override in REAL:

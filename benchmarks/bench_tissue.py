@@ -48,7 +48,7 @@ import numpy as np
 # Runnable from a plain checkout without `pip install -e .`.
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from mask_first.tissue.detection import tissue_mask_with_info  # noqa: E402
+from mask_first.tissue.detection import default_params, tissue_mask_with_info  # noqa: E402
 from mask_first.slides import open_slide  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data" / "slides"
@@ -128,8 +128,6 @@ def bench_case(path: Path, override, mpp: float, methods, repeat: int, label: st
 
 
 def _params_of(method: str) -> dict[str, object]:
-    from mask_first.tissue.detection import default_params
-
     return {k: v for k, v in PARAMS.items() if k in default_params(method)}
 
 

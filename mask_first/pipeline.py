@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.abc
 import logging
+import resource
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -121,8 +122,6 @@ def run_step(slide_id: str | None, log_path: str | None, func: Callable, /, *arg
         log.error("mask-first: %s: %s", where, msg)
         logging.shutdown()
         sys.exit(1)
-    import resource
-
     # the step's own figure: under warm start Snakemake's benchmark file samples the waiting job process
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     log.info("%s: %s done in %.2f s, peak RSS %.0f MiB", where, func.__name__, time.perf_counter() - t0, peak_mib)

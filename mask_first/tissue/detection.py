@@ -827,10 +827,11 @@ def _od_labels(
     step = _sample_step(density[inner].size, 16)
     threshold, stats = _od_threshold(density[inner][::step, ::step], p)
     stats["white_point"] = [round(float(v), 1) for v in white]
-    tissue = density >= round(threshold * OD_SCALE)
+    t = round(threshold * OD_SCALE)
+    tissue = density >= t
     ink = None
     if p["detect_ink"] and tissue.any():
-        ink = _ink(rgb, lut3, density, tissue, dense, round(threshold * OD_SCALE), mpp, p, stats)
+        ink = _ink(rgb, lut3, density, tissue, dense, t, mpp, p, stats)
     closing, opening = float(p["closing_um"]) / mpp, float(p["opening_um"]) / mpp
     if ink is not None:
         tissue &= ~ink

@@ -15,6 +15,7 @@ if sys.argv[1:2] == ["--serve"]:
 
     sys.exit(main(sys.argv[2:]))
 
+# forkserver.ENV, spelt out: importing the module to read it costs a cold job 8-11 ms
 if os.environ.get("MASK_FIRST_FORKSERVER"):
     from mask_first import forkserver
 

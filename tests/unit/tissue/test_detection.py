@@ -722,3 +722,22 @@ def test_small_ihc_fragment_on_an_empty_field(shared_slides):
     # the fragment sits around level pixels x 285-400, y 500-570 (0.5 µm/px), i.e. mask x 17-25, y 31-36
     assert 15 <= xs.min() and xs.max() <= 27 and 29 <= ys.min() and ys.max() <= 38
     assert not np.isin(res.mask, [64]).any()
+
+
+def test_od_tissue_cut_off_by_an_ink_stroke_stays_tissue():
+    """8 µm/px level: a 2 px sliver of tissue that a blue stroke cuts off the tissue block is tissue, not debris.
+
+    The stroke (6 x 140 px, uniform, off the pink stain) takes the sliver's first row as its 1 px margin;
+    taken out of the tissue it would leave 2 isolated pixels, the size of a speck. A grey speck of 2 px on
+    the glass is still debris.
+    """
+    img = np.full((100, 150, 3), 240, np.uint8)
+    img[10:60, 10:140] = TISSUE_RGB
+    img[60:66, 5:145] = (60, 90, 200)  # blue marker stroke along the block's lower edge
+    img[66:69, 70] = TISSUE_RGB  # a sliver of tissue below the stroke
+    img[85, 30:32] = (120, 120, 120)  # grey speck on glass
+    mask = tissue_mask(ArraySlide([img], mpp=8.0), 8.0)
+    assert (mask[61:65, 10:140] == tissue_mod.INK).all()
+    assert (mask[66, 70] == tissue_mod.INK) and (mask[67:69, 70] == 255).all()
+    assert (mask[85, 30:32] == tissue_mod.DEBRIS).all()
+    assert (mask[15:55, 15:135] == 255).all()

@@ -1161,7 +1161,9 @@ def _stroke_components(
     # stroke shape: length / width = area / (2 r)², r = largest inscribed radius (distance transform),
     # the maximum taken per component over its pixels; both on the components' own grid
     dist = cv2.distanceTransform(inside, cv2.DIST_L2, 5)
-    at = inside.view(bool)
+    # a component's largest distance is a local maximum (its neighbours are its own pixels or glass, at 0), so
+    # only the local maxima are scattered: a few per cent of the pixels, ufunc.at being slow per element
+    at = (dist > 0) & (dist >= cv2.dilate(dist, np.ones((3, 3), np.uint8)))
     r_big = np.zeros(nb)
     np.maximum.at(r_big, blabels[at].astype(np.intp), dist[at])
     del dist, at  # a float per pixel of the box: free it before the ring's temporaries

@@ -430,9 +430,17 @@ def _tissue_mask(slide: Slide, mpp: float, method: str, params: dict[str, Any]) 
         rows = np.floor((np.arange(out_h) + 0.5) * mpp / lmy).astype(np.int64)
         cols = np.floor((np.arange(out_w) + 0.5) * mpp / lmx).astype(np.int64)
         mask = np.zeros((out_h, out_w), np.uint8)
-        # rows and cols increase, so the ones on the level are a prefix; two 1-D takes, not a 2-D fancy index
+        # rows and cols increase, so the ones on the level are a prefix; a take of rows, then the columns
         nr, nc = int(np.count_nonzero(rows < lh)), int(np.count_nonzero(cols < lw))
-        mask[:nr, :nc] = labels.take(rows[:nr], axis=0).take(cols[:nc], axis=1)
+        src, cols = labels.take(rows[:nr], axis=0), cols[:nc]
+        # as slices where the mask columns are runs of consecutive level columns (f close to 1: a level column
+        # repeated every 1 / (1 - f) columns), a copy per run instead of a gather per pixel
+        runs = np.flatnonzero(np.diff(cols, prepend=-2) != 1)
+        if 8 * len(runs) <= nc:
+            for a, b in zip(runs, [*runs[1:], nc]):
+                mask[:nr, a:b] = src[:, cols[a] : cols[a] + b - a]
+        else:
+            mask[:nr, :nc] = src.take(cols, axis=1)
         stats["classified_at_level_resolution"] = True
     else:
         rgb = level_on_mask_grid(slide, level, (out_h, out_w), (mpp / lmx, mpp / lmy))

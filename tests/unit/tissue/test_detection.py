@@ -741,3 +741,21 @@ def test_od_tissue_cut_off_by_an_ink_stroke_stays_tissue():
     assert (mask[66, 70] == tissue_mod.INK) and (mask[67:69, 70] == 255).all()
     assert (mask[85, 30:32] == tissue_mod.DEBRIS).all()
     assert (mask[15:55, 15:135] == 255).all()
+
+
+@pytest.mark.parametrize("level_mpp", [8.0864, 8.6, 16.78])  # copied in runs of columns; in runs; one by one
+def test_level_coarser_than_the_mask_gives_each_mask_pixel_the_label_under_its_centre(level_mpp):
+    """Mask at 8 µm/px of a slide whose only level is coarser: label of mask pixel (i, j) = that of the level
+    pixel holding its centre, ``floor((i + 0.5) * 8 / level_mpp)``, glass past the level's edge."""
+    rng = np.random.default_rng(7)
+    level_tissue = rng.random((90, 130)) < 0.5
+    img = np.where(level_tissue[:, :, None], np.array(TISSUE_RGB, np.uint8), np.array(GLASS, np.uint8))
+    slide = ArraySlide([img], mpp=level_mpp)
+    res = tissue_mask_with_info(slide, 8.0, "otsu", closing_um=0, opening_um=0)
+    assert res.stats["classified_at_level_resolution"]
+    h, w = mask_shape(slide, 8.0)
+    rows = np.floor((np.arange(h) + 0.5) * 8.0 / level_mpp).astype(int)
+    cols = np.floor((np.arange(w) + 0.5) * 8.0 / level_mpp).astype(int)
+    padded = np.zeros((rows.max() + 1, cols.max() + 1), bool)
+    padded[:90, :130] = level_tissue
+    np.testing.assert_array_equal(res.mask, np.where(padded[np.ix_(rows, cols)], 255, 0))

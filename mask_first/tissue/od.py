@@ -1,0 +1,477 @@
+"""The default ``"od"`` method: optical density, stain-aware, with ink and debris classes.
+
+It works on the RGB already on the mask grid (:mod:`mask_first.tissue.resample`), ``(H, W, 3)`` uint8,
+and returns the label image (:mod:`mask_first.tissue.labels`) and what it measured.
+
+1. Glass white point ``I0`` per channel: the median of the brightest
+   tenth of the slide, clipped to [200, 255] (so a slide without glass, e.g. marrow with
+   fat, takes its brightest content, fat, as "glass").
+2. ``OD_c = log10(I0_c / I_c)``; tissue candidates: mean OD over the three
+   channels ``>= min_od`` (0.08; glass is ~0, JPEG noise ~0.01, faint
+   eosin or DAB ~0.1). No Otsu: OD is physical, the threshold holds
+   across stains, faint and dense alike, and on empty fields.
+3. Ink: a pen stroke is a film of one dye, so it is (a) **uniform** —
+   local coefficient of variation of the OD (3 x 3 mask px) below
+   ``ink_max_cv``, where tissue has cells and nuclei; (b) **dense** —
+   mean OD ``>= ink_min_od``; (c) **off the slide's own stain**: its OD
+   colour (unit OD vector) is more than ``ink_min_angle_deg`` away from
+   the median colour of this slide's tissue (ink is a minority of it), or
+   it is neutral and opaque (black marker). Candidate pixels form
+   components; a component is ink only if it is also **stroke-shaped**
+   (length / width = area / (2 r)², r the largest inscribed radius, at
+   least ``ink_min_elongation``) or lies mostly on glass (>= half of a
+   ring around it is background). Blue marrow therefore stays tissue: it
+   is the slide's stain and it is textured; a blue marker stroke is
+   smooth, denser, bluer than the stain and long. Accepted strokes grow
+   by ``ink_grow_um`` into adjacent pixels of a looser colour test and are
+   dilated by ``ink_margin_um`` to take their anti-aliased edges. The
+   per-pixel tests run on the mask grid; the components, their shape and
+   context, and the growth run on a grid ``ink_grid`` (2) mask pixels
+   wide (a block holding a candidate pixel is a candidate, areas and
+   votes count mask pixels), a quarter of the pixels to label and dilate.
+4. No closing by default (``closing_um`` = 0): holes, lumina and fat
+   vacuoles of any size stay background, and the mask agrees with a
+   plain OD threshold at tissue edges (closing by 8 µm cost 0.05 IoU on
+   CMU-1 against that reference).
+5. Tissue components smaller than ``min_object_um2`` that are
+   achromatic (dust and dirt are grey or black, a tissue fragment carries
+   the stain's colour), and components of at most 2 px, become
+   :data:`DEBRIS`. The components are those of the tissue before the ink
+   is taken out (found on a second thread while step 3 runs): a sliver
+   of tissue that a stroke cuts off is tissue, not dust. With closing or
+   opening they are those of the tissue these leave.
+
+Parameters (µm, µm², optical densities): ``default_params("od")`` in
+:mod:`mask_first.tissue.detection`.
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import cv2
+import numpy as np
+
+from .labels import DEBRIS, INK, TISSUE
+from .morphology import _close_open, _components, _disk, _label_counts, _small_components
+from .threshold import _hist
+
+
+#: optical densities are handled as uint8 in steps of 1/OD_SCALE (0.01 OD, up to 2.55): one byte per
+#: pixel keeps the full-slide passes memory-light, finer steps would not change a threshold decision
+OD_SCALE = 100
+
+
+#: slide statistics (white point, stain colour) are taken on a grid of about this many pixels
+_SAMPLE = 50_000
+
+
+def _sample_step(n: int, factor: int = 1) -> int:
+    """Stride along both axes that leaves about ``factor * _SAMPLE`` of ``n`` pixels."""
+    return max(1, math.isqrt(n // (factor * _SAMPLE)))
+
+
+def _od_labels(
+    rgb: np.ndarray, mpp: float, p: dict[str, Any], inner: tuple[slice, slice]
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Background / tissue / ink / debris labels from optical density (see the module docstring)."""
+    rgb = np.ascontiguousarray(rgb)  # the colour tests read it by flat pixel index (a copy only when cropped)
+    # white point: per-channel median of the brightest tenth of the pixels (robust to JPEG ringing)
+    # on a grid of about _SAMPLE pixels (a strided view: no copy of the image)
+    region = rgb[inner]
+    step = _sample_step(region.shape[0] * region.shape[1])
+    r, g, b = (np.ascontiguousarray(region[::step, ::step, c]).ravel() for c in range(3))
+    grey = r.astype(np.uint16) + g + b
+    # pure white (>= 254 everywhere) is fill around a cut-down or stitched image, not glass
+    glassy = (grey >= np.percentile(grey, 90)) & (np.minimum(np.minimum(r, g), b) < 254)
+    white = np.array([np.median(c[glassy]) for c in (r, g, b)]) if glassy.any() else np.full(3, 255.0)
+    white = np.clip(white, 200, 255)
+    # OD per channel by lookup, log10(I0 / I) with I >= 1, 0 for pixels brighter than the white point
+    levels = np.maximum(np.arange(256, dtype=np.float64), 1)
+    lut = np.stack([np.clip(np.rint(OD_SCALE * np.log10(w / levels)), 0, 255) for w in white], axis=1)
+    # the OD image itself is never held: the density is made strip by strip, and the colour tests look the
+    # OD up at the pixels they read (lut3, :func:`_od_at`)
+    lut3 = lut.astype(np.uint8).reshape(256, 1, 3)
+    # mean OD over R, G, B (uint8), and where ink can be: the pixels of density >= ink_min_od
+    ink_min = round(float(p["ink_min_od"]) * OD_SCALE)
+    density, dense = _od_density(rgb, lut3, ink_min if p["detect_ink"] else None)
+    step = _sample_step(density[inner].size, 16)
+    threshold, stats = _od_threshold(density[inner][::step, ::step], p)
+    stats["white_point"] = [round(float(v), 1) for v in white]
+    t = round(threshold * OD_SCALE)
+    tissue = density >= t
+    closing, opening = float(p["closing_um"]) / mpp, float(p["opening_um"]) / mpp
+    morphology = _disk(closing) is not None or _disk(opening) is not None
+    ink, debris = None, None
+    with ThreadPoolExecutor(1) as pool:
+        # Without closing / opening (the default) debris is judged on the tissue before the ink is taken out,
+        # on a second thread while the ink is found (the two are the largest costs after the decode). A piece
+        # of tissue that a stroke cuts off thus stays tissue: it is not dust. With morphology, debris is
+        # judged on the tissue it leaves.
+        early = bool(p["min_object_um2"]) and not morphology
+        # (small masks: in line, a thread costs more than it saves)
+        pending = pool.submit(_debris, tissue, rgb, mpp, p, lut3) if early and tissue.size >= 1 << 20 else None
+        if p["detect_ink"] and tissue.any():
+            ink = _ink(rgb, lut3, density, tissue, dense, t, mpp, p, stats)
+        if pending is not None:
+            debris = pending.result()
+        elif early:
+            debris = _debris(tissue, rgb, mpp, p, lut3)
+    if ink is not None:
+        tissue &= ~ink
+    if morphology:
+        tissue = _close_open(tissue, closing, opening)
+        if ink is not None:
+            tissue &= ~ink
+        debris = _debris(tissue, rgb, mpp, p, lut3) if p["min_object_um2"] else None
+    if p["min_hole_um2"]:
+        holes = ~tissue if ink is None else ~tissue & ~ink
+        tissue |= _small_components(holes, float(p["min_hole_um2"]) / mpp**2, enclosed=True)
+    labels = tissue.view(np.uint8) * np.uint8(TISSUE)
+    if debris is not None:
+        np.copyto(labels, DEBRIS, where=debris)
+    if ink is not None:
+        np.copyto(labels, INK, where=ink)
+    return labels, stats
+
+
+def _od_density(rgb: np.ndarray, lut3: np.ndarray, dense_min: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Mean OD over R, G, B (uint8 (H, W)) of ``rgb`` by the per-channel lookup ``lut3``, in strips of rows.
+
+    Each strip's OD goes through a strip-sized buffer on one of two threads, so the (H, W, 3) OD image (3
+    bytes a pixel, fresh pages each call) is never held. With
+    ``dense_min``, also the sorted flat indices of the pixels of density ``>= dense_min`` (found while the
+    strip is in cache), else None.
+    """
+    h, w = rgb.shape[:2]
+    density = np.empty((h, w), np.uint8)
+    mean = np.full((1, 3), 1 / 3, np.float32)
+
+    def strip(y0: int) -> np.ndarray | None:
+        y1 = min(h, y0 + _FEATURE_ROWS)
+        d = cv2.transform(cv2.LUT(rgb[y0:y1], lut3), mean, dst=density[y0:y1])
+        return None if dense_min is None else np.flatnonzero(d >= dense_min) + y0 * w
+
+    starts = range(0, h, _FEATURE_ROWS)
+    if len(starts) == 1:
+        parts = [strip(0)]
+    else:
+        with ThreadPoolExecutor(2) as pool:
+            parts = list(pool.map(strip, starts))
+    return density, None if dense_min is None else np.concatenate(parts)
+
+
+def _od_at(img: np.ndarray, idx: np.ndarray | None, lut3: np.ndarray | None) -> np.ndarray:
+    """(n, 3) uint8 OD of the pixels of ``img`` at the flat indices ``idx`` (None: ``img`` is those (n, 3) pixels).
+
+    ``img`` is RGB looked up by ``lut3``, or (``lut3`` None) the OD image itself.
+    """
+    pix = img.reshape(-1, 3) if idx is None else np.take(img.reshape(-1, 3), idx, axis=0)
+    return pix if lut3 is None or not pix.size else cv2.LUT(pix.reshape(-1, 1, 3), lut3).reshape(-1, 3)
+
+
+def _od_threshold(density: np.ndarray, p: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+    """``min_od``, or ``faint_min_od`` on slides whose tissue is mostly faint (``density`` in 1/OD_SCALE).
+
+    Faint: at least half as many pixels lie in ``[faint_min_od, min_od)`` as
+    at or above ``min_od`` (on a normal slide the in-between pixels are only
+    tissue edges, a few per cent).
+    """
+    hist = _hist(density)
+    lo, hi = round(float(p["faint_min_od"]) * OD_SCALE), round(float(p["min_od"]) * OD_SCALE)
+    between, above = int(hist[lo:hi].sum()), int(hist[hi:].sum())
+    faint = between >= 0.5 * above and between >= 0.01 * density.size
+    used = float(p["faint_min_od"]) if faint else float(p["min_od"])
+    return used, {"od_threshold": used, "faint": faint}
+
+
+def _debris(
+    tissue: np.ndarray, od: np.ndarray, mpp: float, p: dict[str, Any], lut3: np.ndarray | None = None
+) -> np.ndarray | None:
+    """Small components that are dust or specks: under ``min_object_um2`` and achromatic, or of 2 px or less.
+
+    A small tissue fragment is kept: it carries the stain's colour, dust and dirt are grey or black.
+    ``od`` is the (H, W, 3) uint8 OD image, or with ``lut3`` the RGB it is looked up from (:func:`_od_at`).
+    Returns a boolean image, or None when there is no debris.
+    """
+    n, labels = _components(tissue)
+    area = _label_counts(labels, None, n)
+    small = area < float(p["min_object_um2"]) / mpp**2
+    small[0] = False
+    if not small.any():
+        return None
+    # one gather over the image; everything after it on the small components' pixels only
+    idx = np.flatnonzero(small[labels])  # (np.take would first copy the labels to 64-bit indices)
+    lab = labels.ravel()[idx]
+    vec = _od_at(od, idx, lut3)
+    mean_od = np.stack([np.bincount(lab, weights=vec[:, c], minlength=n) for c in range(3)], axis=1)
+    unit = mean_od / np.maximum(np.linalg.norm(mean_od, axis=1, keepdims=True), 1e-9)
+    grey = unit.max(axis=1) - unit.min(axis=1) < float(p["debris_max_chroma"])
+    debris = np.zeros(tissue.shape, bool)
+    debris.ravel()[idx[(grey | (area <= 2))[lab]]] = True
+    return debris
+
+
+#: rows of the mask whose ink features are computed at a time (bounds the float temporaries)
+_FEATURE_ROWS = 256
+#: squares of 0..255 as uint16, a lookup table for the local variance of the density
+_SQUARES = (np.arange(256) ** 2).astype(np.uint16)
+
+
+def _ink_features(
+    rgb: np.ndarray, lut3: np.ndarray, density: np.ndarray, idx: np.ndarray, ref: np.ndarray, p: dict[str, Any]
+) -> tuple[np.ndarray, ...]:
+    """Per-pixel ink tests at the flat indices ``idx`` (sorted) of the dense tissue pixels.
+
+    Returns boolean vectors over ``idx``: ``smooth`` (local 3 x 3 coefficient
+    of variation of the density below ``ink_max_cv``), ``off`` (colour more than
+    ``ink_min_angle_deg`` from the stain ``ref``, or neutral and opaque),
+    ``cand`` (off, or smooth and twice ``ink_min_od``: ink of the stain's own
+    hue), ``loose`` (the growth test: 0.6 x the angle, or smooth). Computed
+    in strips of :data:`_FEATURE_ROWS` rows, two at a time on two threads
+    (numpy and OpenCV release the GIL), so the float temporaries stay a few
+    strips in size.
+    """
+    h, w = density.shape
+    flat_d = density.ravel()
+    ref32 = ref.astype(np.float32)
+    cos_off = math.cos(math.radians(float(p["ink_min_angle_deg"])))
+    cos_loose = math.cos(math.radians(0.6 * float(p["ink_min_angle_deg"])))
+    out = tuple(np.empty(idx.size, bool) for _ in range(4))
+    bounds = np.searchsorted(idx, np.arange(0, h + _FEATURE_ROWS, _FEATURE_ROWS) * w)
+
+    def strip(k: int) -> None:
+        lo, hi = bounds[k], bounds[k + 1]
+        if lo == hi:
+            return
+        i = idx[lo:hi]
+        # per channel as contiguous vectors: numpy reduces a trailing axis of 3 slowly
+        od = _od_at(rgb, i, lut3)
+        o = [od[:, c] for c in range(3)]
+        r, g, b = (c.astype(np.float32) for c in o)
+        # compared with the OD vector's norm instead of normalising it: cosine to the stain colour
+        # dot / norm, spread of the unit vector (0 = neutral grey / black) (max - min) / norm
+        norm = np.sqrt(r * r + g * g + b * b)
+        dot = r * ref32[0] + g * ref32[1] + b * ref32[2]
+        spread = np.maximum(np.maximum(o[0], o[1]), o[2]) - np.minimum(np.minimum(o[0], o[1]), o[2])
+        d = flat_d[i]  # density in 1/OD_SCALE
+        black = (spread < np.float32(0.15) * norm) & (d >= float(p["ink_black_min_od"]) * OD_SCALE)
+        # local (3 x 3) coefficient of variation of the density: a dye film is smooth, tissue has cells.
+        # The strip's box filters with one row of its neighbours each side are the whole image's.
+        y0 = max(0, k * _FEATURE_ROWS - 1)
+        rows = density[y0 : min(h, (k + 1) * _FEATURE_ROWS + 1)]
+        j = i - y0 * w
+        # In integers: with the 3 x 3 sums s1 of the density and s2 of its squares, std < cv * mean is
+        # 9 s2 - s1² < (cv s1)² (a dense pixel has s1 >= ink_min_od > 0); exact, and 2- and 4-byte sums
+        # instead of two float images
+        s1 = cv2.boxFilter(rows, cv2.CV_16U, (3, 3), normalize=False).ravel()[j].astype(np.int64)
+        s2 = cv2.boxFilter(cv2.LUT(rows, _SQUARES), cv2.CV_32S, (3, 3), normalize=False).ravel()[j]
+        s1 *= s1
+        smooth = 9 * s2 - s1 < float(p["ink_max_cv"]) ** 2 * s1
+        off = (dot <= np.float32(cos_off) * norm) | black
+        out[0][lo:hi], out[1][lo:hi] = smooth, off
+        out[2][lo:hi] = off | (smooth & (d >= 2 * float(p["ink_min_od"]) * OD_SCALE))
+        out[3][lo:hi] = (dot <= np.float32(cos_loose) * norm) | smooth
+
+    if len(bounds) <= 2:
+        strip(0)
+    else:
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(strip, range(len(bounds) - 1)))
+    return out
+
+
+def _ink(
+    rgb: np.ndarray, lut3: np.ndarray, density: np.ndarray, tissue: np.ndarray, dense: np.ndarray, threshold: int,
+    mpp: float, p: dict[str, Any], stats: dict[str, Any],
+) -> np.ndarray | None:
+    """Pen / marker ink, a boolean image (None when there is none).
+
+    Ink is dense, off the slide's stain colour (or black), uniform, and
+    stroke-shaped or on glass. The OD is looked up from ``rgb`` by ``lut3``
+    (:func:`_od_at`); it and ``density`` (H, W) are
+    uint8 in 1/OD_SCALE steps, ``tissue`` is ``density >= threshold``, ``dense``
+    the sorted flat indices of the pixels of density ``>= ink_min_od``.
+
+    The per-pixel tests (:func:`_ink_features`) run on the mask grid; the
+    candidate components, their shape and context tests
+    (:func:`_stroke_components`) and the growth run on a grid ``k =
+    ink_grid`` times coarser. Ink is a large object (``ink_min_area_um2``,
+    20000 µm², is 312 px at 8 µm/px), so a coarse pixel holding any candidate
+    is a candidate, a component's area and votes are counts of its mask
+    pixels, and each full-image pass of that analysis (labelling, distance
+    transform, ring, growth) costs 1/k² as much. Back on the mask grid, the
+    grown strokes keep their candidate or loose pixels and get the margin.
+    """
+    # colour features only where ink can be: dense tissue pixels (a fraction of the slide), as flat vectors
+    ink_min = round(float(p["ink_min_od"]) * OD_SCALE)
+    idx = dense[density.ravel()[dense] >= threshold] if ink_min < threshold else dense
+    stats["ink_components"] = 0
+    if idx.size == 0:
+        return None
+    # the slide's own stain colour: median unit OD vector of its tissue (ink is a minority of it)
+    step = _sample_step(np.count_nonzero(tissue))
+    t_sample = _od_at(rgb[::step, ::step][tissue[::step, ::step]], None, lut3)
+    t_r, t_g, t_b = (t_sample[:, c].astype(np.float32) for c in range(3))
+    t_inv = 1 / np.maximum(np.sqrt(t_r * t_r + t_g * t_g + t_b * t_b), np.float32(1e-6))
+    ref = np.array([np.median(c * t_inv) for c in (t_r, t_g, t_b)])
+    ref /= max(float(np.linalg.norm(ref)), 1e-6)
+    stats["stain_od_vector"] = [round(float(v), 3) for v in ref]
+    smooth_v, off_v, cand_v, loose_v = _ink_features(rgb, lut3, density, idx, ref, p)
+
+    def image(values: np.ndarray) -> np.ndarray:
+        out = np.zeros(tissue.size, np.uint8)
+        out[idx[values]] = 1
+        return out.reshape(tissue.shape)
+
+    def steps_of(grid_mpp: float) -> int:  # the growth in pixels of a grid
+        return max(1, round(float(p["ink_grow_um"]) / grid_mpp))
+
+    margin_px = float(p["ink_margin_um"]) / mpp
+    h, w = tissue.shape
+    k = int(p["ink_grid"])
+    hc, wc = h // k, w // k
+    if k == 1 or min(hc, wc) < 8:  # on the mask grid itself (also for masks of a few pixels)
+        cand = cv2.morphologyEx(image(cand_v), cv2.MORPH_CLOSE, _disk(1.5))
+        n, labels = _components(cand)
+        lab_v = labels.ravel()[idx]
+        votes = (_label_counts(labels, None, n), np.bincount(lab_v[smooth_v], minlength=n),
+                 np.bincount(lab_v[off_v], minlength=n))  # fmt: skip
+        keep = _stroke_components(labels, n, votes, tissue, 1, mpp, p)
+        stats["ink_components"] = int(keep.sum())
+        if not keep.any():
+            return None
+        return _grow_ink(keep[labels].view(np.uint8), image(loose_v), tissue, steps_of(mpp), margin_px).view(bool)
+    # each dense mask pixel's coarse pixel (the last h % k rows and w % k columns go to their neighbours');
+    # a coarse pixel holding a candidate is one, a component's area and votes count its candidate mask pixels
+    flat = idx.astype(np.int32) if tissue.size < 2**31 else idx  # int32 arithmetic is twice as fast
+    rows = flat // w
+    ci_all = np.minimum(rows // k, hc - 1) * wc + np.minimum((flat - rows * w) // k, wc - 1)
+    ci = ci_all[cand_v]
+    cand_c = np.zeros(hc * wc, np.uint8)
+    cand_c[ci] = 1
+    n, labels = _components(cand_c.reshape(hc, wc))
+    lab = labels.ravel()[ci]
+    votes = (np.bincount(lab, minlength=n), np.bincount(lab[smooth_v[cand_v]], minlength=n),
+             np.bincount(lab[off_v[cand_v]], minlength=n))  # fmt: skip
+    # the coarse tissue for the context test: the block's majority (rounded mean of 0/1)
+    tissue_c = cv2.resize(tissue[: hc * k, : wc * k].view(np.uint8), (wc, hc), interpolation=cv2.INTER_AREA) > 0
+    keep = _stroke_components(labels, n, votes, tissue_c, k, mpp, p)
+    stats["ink_components"] = int(keep.sum())
+    if not keep.any():
+        return None
+    # the growth (a coarse pixel holding a loose pixel is loose), then on the mask grid the grown strokes'
+    # candidate or loose pixels, and the margin
+    loose_c = np.zeros(hc * wc, np.uint8)
+    loose_c[ci_all[loose_v]] = 1
+    grown_c = _grow_ink(keep[labels].view(np.uint8), loose_c.reshape(hc, wc), None, steps_of(mpp * k), 0)
+    # a dense pixel is a stroke pixel when its coarse pixel grew and it is a candidate or loose one: read off
+    # the coarse grid through each dense pixel's coarse index (no mask-sized upsampling and AND)
+    strokes = image(grown_c.ravel()[ci_all].view(bool) & (cand_v | loose_v))
+    return _ink_margin(strokes, tissue, margin_px).view(bool)
+
+
+def _stroke_components(
+    labels: np.ndarray, n: int, votes: tuple[np.ndarray, ...], tissue: np.ndarray, k: int, mpp: float,
+    p: dict[str, Any],
+) -> np.ndarray:
+    """Which candidate components are ink strokes (boolean per label; label 0 is never ink).
+
+    ``labels`` (``n`` labels) are the components on a grid of ``k`` mask pixels
+    (``mpp`` µm each), ``votes`` = (candidate pixels, smooth ones, off-stain
+    ones) per component counted on the mask grid, ``tissue`` the tissue on the
+    components' grid. A stroke is big (``ink_min_area_um2``), off the stain or
+    smooth for most of its pixels, and elongated or lying mostly on glass.
+    Shape and context are measured for the big candidates alone, in their
+    bounding box; no per-component statistics pass over the whole labelling
+    (it cost as much as the labelling itself).
+    """
+    area, smooth_n, off_n = votes
+    big = area >= float(p["ink_min_area_um2"]) / mpp**2
+    big[0] = False
+    # off the stain (or black) for most of its pixels, or else smooth: ink of the stain's own hue
+    uniform = smooth_n >= 0.5 * area
+    off = off_n >= 0.5 * area
+    # only those can be ink: shape and context are measured for them alone
+    big &= off | uniform
+    if not big.any():
+        return big
+    # the big components renumbered 1..nb in their order (so a dilation's max picks the same one)
+    big_ids = np.flatnonzero(big)
+    nb = big_ids.size + 1
+    compact = np.zeros(n, np.uint16 if nb <= 65535 else np.float32)
+    compact[big_ids] = np.arange(1, nb)
+    blabels = compact[labels]
+    x, y, bw, bh = cv2.boundingRect(cv2.compare(blabels, 0, cv2.CMP_GT))
+    box = (slice(max(0, y - 3), y + bh + 3), slice(max(0, x - 3), x + bw + 3))
+    blabels = blabels[box]
+    inside = cv2.compare(blabels, 0, cv2.CMP_GT)  # 255 on the big components
+    # stroke shape: length / width = area / (2 r)², r = largest inscribed radius (distance transform),
+    # the maximum taken per component over its pixels; both on the components' own grid
+    dist = cv2.distanceTransform(inside, cv2.DIST_L2, 5)
+    # a component's largest distance is a local maximum (its neighbours are its own pixels or glass, at 0), so
+    # only the local maxima are scattered: a few per cent of the pixels, ufunc.at being slow per element
+    at = (dist > 0) & (dist >= cv2.dilate(dist, np.ones((3, 3), np.uint8)))
+    r_big = np.zeros(nb)
+    np.maximum.at(r_big, blabels[at].astype(np.intp), dist[at])
+    del dist, at  # a float per pixel of the box: free it before the ring's temporaries
+    elongation = _label_counts(blabels, None, nb)[1:] / np.maximum(2 * r_big[1:], 1) ** 2
+    # context: share of a ring of 3 mask pixels around the component that is background (a dilation of
+    # the labels gives each ring pixel the label of a component it is next to)
+    ring_px = 2 * max(1, round(3 / k)) + 1
+    ring_labels = cv2.dilate(blabels, np.ones((ring_px, ring_px), np.uint8))
+    ring = cv2.bitwise_and(cv2.compare(ring_labels, 0, cv2.CMP_GT), cv2.compare(inside, 0, cv2.CMP_EQ))
+    ring_n = _label_counts(ring_labels, ring, nb)[1:]
+    ring_bg = _label_counts(ring_labels, cv2.bitwise_and(ring, cv2.compare(tissue[box].view(np.uint8), 0, cv2.CMP_EQ)), nb)[1:]
+    keep = np.zeros(n, bool)
+    keep[big_ids] = (elongation >= float(p["ink_min_elongation"])) | (ring_bg >= 0.5 * np.maximum(ring_n, 1))
+    return keep
+
+
+def _grow_ink(
+    strokes: np.ndarray, loose: np.ndarray | None, tissue: np.ndarray | None, steps: int, margin_px: float
+) -> np.ndarray:
+    """Accepted strokes (uint8 0/1) grown ``steps`` times into adjacent pixels of ``loose`` (uint8 0/1), then by a disk.
+
+    Hysteresis: ink over tissue mixes with the stain, so the strokes grow into
+    adjacent dense pixels of the looser colour test, one pixel at a time so
+    that it cannot flood the tissue; then a disk of ``margin_px`` covers the
+    stroke's soft edge (``tissue`` pixels only). Both in the strokes' bounding
+    box plus the growth. Returns uint8 0/1 of the strokes' shape.
+    """
+    margin = _disk(margin_px)
+    pad = steps + (margin.shape[0] // 2 if margin is not None else 0) + 1
+    x, y, bw, bh = cv2.boundingRect(strokes)
+    box = (slice(max(0, y - pad), y + bh + pad), slice(max(0, x - pad), x + bw + pad))
+    ink = np.ascontiguousarray(strokes[box])
+    if steps:
+        loose = loose[box]
+        grown = np.empty_like(ink)
+        for _ in range(steps):
+            cv2.dilate(ink, np.ones((3, 3), np.uint8), dst=grown)
+            cv2.bitwise_or(cv2.bitwise_and(grown, loose, dst=grown), ink, dst=ink)
+    if margin is not None:
+        ink = cv2.dilate(ink, margin) & tissue[box].view(np.uint8)
+    out = np.zeros(strokes.shape, np.uint8)
+    out[box] = ink
+    return out
+
+
+def _ink_margin(strokes: np.ndarray, tissue: np.ndarray, margin_px: float) -> np.ndarray:
+    """:func:`_grow_ink` without the growth, in place: ``strokes`` (uint8 0/1) dilated by a disk of ``margin_px``, on ``tissue``.
+
+    Only the strokes' bounding box plus the disk radius is dilated, and the
+    result is written back into that box of ``strokes`` (no mask-sized copies).
+    """
+    margin = _disk(margin_px)
+    if margin is None:
+        return strokes
+    pad = margin.shape[0] // 2 + 1
+    x, y, bw, bh = cv2.boundingRect(strokes)
+    if bw == 0:
+        return strokes
+    box = (slice(max(0, y - pad), y + bh + pad), slice(max(0, x - pad), x + bw + pad))
+    cv2.bitwise_and(cv2.dilate(strokes[box], margin), tissue[box].view(np.uint8), dst=strokes[box])
+    return strokes

@@ -1,0 +1,191 @@
+"""The default ``"od"`` method (:mod:`mask_first.tissue.od`): labels, ink, debris, stains, real slides."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import mask_first.tissue.detection as tissue_mod
+from conftest import MPP_OVERRIDES
+from mask_first.slides import open_slide
+from mask_first.tissue import morphology
+from mask_first.tissue import od as od_method
+from mask_first.tissue.detection import tissue_mask, tissue_mask_with_info
+from tissue_scenes import TISSUE_RGB, ArraySlide, box_pyramid, iou, pen_scene, rect_tiff, truth_fraction  # noqa: F401 (rect_tiff: a fixture)
+
+
+def test_debris_past_16_bit_labels():
+    """90,000 isolated grey specks: more components than uint16 labels hold; every one is debris."""
+    from scipy import ndimage
+
+    specks = np.zeros((600, 600), bool)
+    specks[::2, ::2] = True  # 8-connected: each pixel its own component
+    n, labels = morphology._components(specks)
+    assert labels.dtype == np.int32 and n - 1 == ndimage.label(specks, np.ones((3, 3)))[1] == 90000
+    od = np.full((600, 600, 3), 40, np.uint8)  # neutral grey
+    debris = od_method._debris(specks, od, 8.0, tissue_mod.default_params("od"))
+    np.testing.assert_array_equal(debris, specks)
+    few = np.zeros((50, 50), bool)
+    few[10:12, 10:12] = few[30:40, 30:40] = True
+    n, labels = morphology._components(few)
+    assert labels.dtype == np.uint16 and n == 3
+
+
+def _od_reference(path, override, mpp, shape, threshold=0.1):
+    """Independent reference: mean OD (white 255) >= threshold per level pixel, >= half of a mask pixel."""
+    import cv2
+
+    with open_slide(path, override) as s:
+        level = s.best_level_for_mpp(mpp)
+        rgb = s.read_level(level).astype(np.float64)
+        lmx, lmy = s.level_mpp(level)
+    tissue = (-np.log10(np.maximum(rgb, 1) / 255).mean(axis=2) >= threshold).astype(np.float32)
+    h, w = shape
+    ph, pw = round(h * mpp / lmy), round(w * mpp / lmx)
+    padded = np.zeros((max(ph, tissue.shape[0]), max(pw, tissue.shape[1])), np.float32)
+    padded[: tissue.shape[0], : tissue.shape[1]] = tissue
+    return cv2.resize(padded[:ph, :pw], (w, h), interpolation=cv2.INTER_AREA) >= 0.5
+
+
+def test_od_is_the_default_and_writes_its_label_table(rect_tiff):
+    res = tissue_mask_with_info(rect_tiff, 8.0)
+    assert res.method == "od" == tissue_mod.DEFAULT_METHOD
+    prov = json.loads(json.dumps(res.provenance()))
+    assert prov["labels"] == {"0": "background", "255": "tissue", "64": "ink", "32": "debris"}
+    assert sum(prov["label_fractions"].values()) == pytest.approx(1.0, abs=1e-5)
+    truth = truth_fraction(200, 150, 8.0) >= 0.5
+    assert iou(res.mask == 255, truth) > 0.95
+    assert not np.isin(res.mask, [64, 32]).any()  # no ink, no dust in this scene
+
+
+@pytest.mark.parametrize("noise", [0.0, 3.0])
+def test_od_blank_glass_is_empty(noise):
+    rng = np.random.default_rng(5)
+    img = np.clip(rng.normal(236, noise, (400, 500, 1)) + rng.normal(0, noise / 3, (400, 500, 3)), 0, 255)
+    assert not tissue_mask(ArraySlide([img.astype(np.uint8)], mpp=1.0), 8.0).any()
+
+
+def test_od_debris_versus_small_fragment_hand_worked():
+    """8 µm/px level: a 5 x 5 px grey speck is debris, a 5 x 5 px pink fragment and a big block are tissue."""
+    img = np.full((100, 120, 3), 240, np.uint8)
+    img[10:60, 10:60] = TISSUE_RGB
+    img[75:80, 20:25] = (120, 120, 120)  # grey speck, 1600 µm² < 4000 µm²
+    img[75:80, 80:85] = TISSUE_RGB  # pink fragment of the same size
+    mask = tissue_mask(ArraySlide([img], mpp=8.0), 8.0)
+    assert (mask[75:80, 20:25] == tissue_mod.DEBRIS).all()
+    assert (mask[75:80, 80:85] == 255).all()
+    assert (mask[10:60, 10:60] == 255).all()
+    assert (mask[85:, :] == 0).all() and (mask[:, 65:75] == 0).all()
+
+
+def test_od_pen_scene_labels_every_stroke_as_ink():
+    img, tissue, pen = pen_scene()
+    slide = ArraySlide(box_pyramid(img, 4), mpp=1.0)
+    res = tissue_mask_with_info(slide, 8.0)
+    t8 = tissue.reshape(100, 8, 150, 8).mean(axis=(1, 3)) >= 0.5
+    p8 = pen.reshape(100, 8, 150, 8).mean(axis=(1, 3)) >= 0.5
+    assert np.count_nonzero((res.mask == 255) & p8) <= 0.05 * np.count_nonzero(p8)
+    assert np.count_nonzero((res.mask == tissue_mod.INK) & p8) >= 0.9 * np.count_nonzero(p8)
+    assert iou(res.mask == 255, t8 & ~p8) > 0.95
+    assert res.stats["ink_components"] >= 1
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    from mask_first.synthetic import write_synthetic_slide
+
+    folder = tmp_path_factory.mktemp("scenes")
+    specs = {
+        "he": dict(seed=3, pen_mark=True),
+        "inks": dict(seed=11, pen_mark=True, inks=("blue", "green", "black", "red"), dust=40),
+        "blue": dict(seed=12, stain="blue", pen_mark=False, inks=("blue", "black")),
+        "pale": dict(seed=13, stain="pale", pen_mark=False, inks=("green",)),
+        "ihc": dict(seed=15, stain="ihc", pen_mark=False, inks=("black",)),
+    }
+    # 8192 x 6144 px at 0.5 µm/px: strokes ~60 µm wide, 7-8 mask pixels (real markers are wider still)
+    return {k: (write_synthetic_slide(folder / f"{k}.tiff", 8192, 6144, mpp=0.5, workers=2, **v), v)
+            for k, v in specs.items()}  # fmt: skip
+
+
+@pytest.mark.parametrize("ink_grid", [2, 1])  # the default coarse ink analysis, and on the mask grid itself
+@pytest.mark.parametrize(("scene", "min_iou", "max_ink"), [
+    ("he", 0.95, 0.05), ("inks", 0.93, 0.05), ("blue", 0.95, 0.15), ("pale", 0.95, 0.02), ("ihc", 0.95, 0.02),
+])  # fmt: skip
+def test_od_synthetic_scenes_against_ground_truth(scenes, scene, min_iou, max_ink, ink_grid):
+    from mask_first.synthetic import synthetic_pen_mask, synthetic_tissue_mask
+
+    path, spec = scenes[scene]
+    geometry = {"seed": spec["seed"]}
+    truth = synthetic_tissue_mask(8192, 6144, downsample=16, **geometry)
+    ink = synthetic_pen_mask(8192, 6144, downsample=16, pen_mark=spec["pen_mark"], inks=spec.get("inks", ()), **geometry)
+    res = tissue_mask_with_info(path, 8.0, ink_grid=ink_grid)
+    assert res.mask.shape == truth.shape == (384, 512)
+    got = res.mask == 255
+    assert iou(got, truth & ~ink) >= min_iou, iou(got, truth & ~ink)
+    assert got[ink].mean() < max_ink, got[ink].mean()
+    # otsu keeps every stroke as tissue on the same slide
+    assert (tissue_mask(path, 8.0, "otsu") == 255)[ink].mean() > 0.9
+
+
+def test_od_blue_stain_survives_where_saturation_wipes_it(scenes):
+    path, _ = scenes["blue"]
+    assert (tissue_mask(path, 8.0) == 255).mean() > 0.25
+    assert (tissue_mask(path, 8.0, "saturation") == 255).mean() < 0.05
+
+
+@pytest.mark.parametrize("name", ["wsi2dcm_bone_jpeg.dcm", "wsi2dcm_bone_jpeg2000.dcm"])
+def test_bone_marrow_kept_fat_left_out(shared_slides, name):
+    path = shared_slides / name
+    res = tissue_mask_with_info(path, 8.0)
+    ref = _od_reference(path, None, 8.0, res.mask.shape)
+    assert iou(res.mask == 255, ref) >= 0.85, iou(res.mask == 255, ref)
+    assert (res.mask == tissue_mod.INK).mean() < 0.01  # blue marrow and dark bone are not ink
+    with open_slide(path) as s:
+        rgb = s.read_level(0)
+    # fat vacuoles: bright, colourless level pixels; the mask pixel at each one's centre
+    fat = (rgb.min(axis=2) > 200)
+    ys, xs = np.nonzero(fat)
+    f = res.level_mpp[0] / 8.0
+    mask_at_fat = res.mask[np.minimum((ys + 0.5) * f, res.mask.shape[0] - 1).astype(int),
+                           np.minimum((xs + 0.5) * f, res.mask.shape[1] - 1).astype(int)]  # fmt: skip
+    assert (mask_at_fat == 0).mean() > 0.8
+
+
+@pytest.mark.parametrize("name", ["CMU-1-Small-Region.svs", "CMU-1-Small-Region_generic-pyramid_jpeg.tif",
+                                  "CMU-1-Small-Region.ome.tif", "tcga-cr-7395-01a-01-ts1.svs"])
+def test_real_he_agrees_with_the_od_reference(shared_slides, name):
+    path, override = shared_slides / name, MPP_OVERRIDES.get(name)
+    res = tissue_mask_with_info(path, 8.0, mpp_override=override)
+    ref = _od_reference(path, override, 8.0, res.mask.shape)
+    assert iou(res.mask == 255, ref) >= 0.9, iou(res.mask == 255, ref)
+    assert not (res.mask == tissue_mod.INK).any()
+
+
+def test_small_ihc_fragment_on_an_empty_field(shared_slides):
+    res = tissue_mask_with_info(shared_slides / "kidney-48-5.tif", 8.0, mpp_override=0.5)
+    ys, xs = np.nonzero(res.mask == 255)
+    assert len(ys) > 10
+    # the fragment sits around level pixels x 285-400, y 500-570 (0.5 µm/px), i.e. mask x 17-25, y 31-36
+    assert 15 <= xs.min() and xs.max() <= 27 and 29 <= ys.min() and ys.max() <= 38
+    assert not np.isin(res.mask, [64]).any()
+
+
+def test_od_tissue_cut_off_by_an_ink_stroke_stays_tissue():
+    """8 µm/px level: a 2 px sliver of tissue that a blue stroke cuts off the tissue block is tissue, not debris.
+
+    The stroke (6 x 140 px, uniform, off the pink stain) takes the sliver's first row as its 1 px margin;
+    taken out of the tissue it would leave 2 isolated pixels, the size of a speck. A grey speck of 2 px on
+    the glass is still debris.
+    """
+    img = np.full((100, 150, 3), 240, np.uint8)
+    img[10:60, 10:140] = TISSUE_RGB
+    img[60:66, 5:145] = (60, 90, 200)  # blue marker stroke along the block's lower edge
+    img[66:69, 70] = TISSUE_RGB  # a sliver of tissue below the stroke
+    img[85, 30:32] = (120, 120, 120)  # grey speck on glass
+    mask = tissue_mask(ArraySlide([img], mpp=8.0), 8.0)
+    assert (mask[61:65, 10:140] == tissue_mod.INK).all()
+    assert (mask[66, 70] == tissue_mod.INK) and (mask[67:69, 70] == 255).all()
+    assert (mask[85, 30:32] == tissue_mod.DEBRIS).all()
+    assert (mask[15:55, 15:135] == 255).all()

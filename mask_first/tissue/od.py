@@ -112,7 +112,7 @@ def _od_labels(
         # judged on the tissue it leaves.
         early = bool(p["min_object_um2"]) and not morphology
         # (small masks: in line, a thread costs more than it saves)
-        pending = pool.submit(_debris, tissue, rgb, mpp, p, lut3) if early and tissue.size >= 1 << 20 else None
+        pending = pool.submit(_debris, tissue, rgb, mpp, p, lut3) if early and tissue.size >= 1 << 18 else None
         if p["detect_ink"] and tissue.any():
             ink = _ink(rgb, lut3, density, tissue, dense, t, mpp, p, stats)
         if pending is not None:
@@ -148,13 +148,14 @@ def _od_density(rgb: np.ndarray, lut3: np.ndarray, dense_min: int | None = None)
     h, w = rgb.shape[:2]
     density = np.empty((h, w), np.uint8)
     mean = np.full((1, 3), 1 / 3, np.float32)
+    rows = _strip_rows(h)
 
     def strip(y0: int) -> np.ndarray | None:
-        y1 = min(h, y0 + _FEATURE_ROWS)
+        y1 = min(h, y0 + rows)
         d = cv2.transform(cv2.LUT(rgb[y0:y1], lut3), mean, dst=density[y0:y1])
         return None if dense_min is None else np.flatnonzero(d >= dense_min) + y0 * w
 
-    starts = range(0, h, _FEATURE_ROWS)
+    starts = range(0, h, rows)
     if len(starts) == 1:
         parts = [strip(0)]
     else:
@@ -214,8 +215,17 @@ def _debris(
     return debris
 
 
-#: rows of the mask whose ink features are computed at a time (bounds the float temporaries)
+#: rows of the mask whose density or ink features are computed at a time, at most (bounds the float temporaries)
 _FEATURE_ROWS = 256
+
+
+def _strip_rows(h: int) -> int:
+    """Rows per strip for the two-thread passes: at most :data:`_FEATURE_ROWS`, and (past one strip) an even
+    number of strips of equal height (715 rows as strips of 256, 256 and 203 left one thread a third idle; as 4
+    of 179 both work to the end)."""
+    n = -(-h // _FEATURE_ROWS)
+    n += n % 2 if n > 1 else 0
+    return max(1, -(-h // n))
 #: squares of 0..255 as uint16, a lookup table for the local variance of the density
 _SQUARES = (np.arange(256) ** 2).astype(np.uint16)
 
@@ -230,7 +240,7 @@ def _ink_features(
     ``ink_min_angle_deg`` from the stain ``ref``, or neutral and opaque),
     ``cand`` (off, or smooth and twice ``ink_min_od``: ink of the stain's own
     hue), ``loose`` (the growth test: 0.6 x the angle, or smooth). Computed
-    in strips of :data:`_FEATURE_ROWS` rows, two at a time on two threads
+    in strips of up to :data:`_FEATURE_ROWS` rows (:func:`_strip_rows`), two at a time on two threads
     (numpy and OpenCV release the GIL), so the float temporaries stay a few
     strips in size.
     """
@@ -240,7 +250,8 @@ def _ink_features(
     cos_off = math.cos(math.radians(float(p["ink_min_angle_deg"])))
     cos_loose = math.cos(math.radians(0.6 * float(p["ink_min_angle_deg"])))
     out = tuple(np.empty(idx.size, bool) for _ in range(4))
-    bounds = np.searchsorted(idx, np.arange(0, h + _FEATURE_ROWS, _FEATURE_ROWS) * w)
+    rows_per = _strip_rows(h)
+    bounds = np.searchsorted(idx, np.arange(0, h + rows_per, rows_per) * w)
 
     def strip(k: int) -> None:
         lo, hi = bounds[k], bounds[k + 1]
@@ -260,8 +271,8 @@ def _ink_features(
         black = (spread < np.float32(0.15) * norm) & (d >= float(p["ink_black_min_od"]) * OD_SCALE)
         # local (3 x 3) coefficient of variation of the density: a dye film is smooth, tissue has cells.
         # The strip's box filters with one row of its neighbours each side are the whole image's.
-        y0 = max(0, k * _FEATURE_ROWS - 1)
-        rows = density[y0 : min(h, (k + 1) * _FEATURE_ROWS + 1)]
+        y0 = max(0, k * rows_per - 1)
+        rows = density[y0 : min(h, (k + 1) * rows_per + 1)]
         j = i - y0 * w
         # In integers: with the 3 x 3 sums s1 of the density and s2 of its squares, std < cv * mean is
         # 9 s2 - s1² < (cv s1)² (a dense pixel has s1 >= ink_min_od > 0); exact, and 2- and 4-byte sums

@@ -46,7 +46,7 @@ def _small_components(m: np.ndarray, min_px: float, enclosed: bool = False) -> n
     if enclosed:
         x, y, w, h = (stats[:, c] for c in (cv2.CC_STAT_LEFT, cv2.CC_STAT_TOP, cv2.CC_STAT_WIDTH, cv2.CC_STAT_HEIGHT))
         small &= (x > 0) & (y > 0) & (x + w < m.shape[1]) & (y + h < m.shape[0])
-    return small[labels]
+    return _lookup(small, labels)
 
 
 def _components(m: np.ndarray) -> tuple[int, np.ndarray]:
@@ -67,3 +67,20 @@ def _label_counts(labels: np.ndarray, where: np.ndarray | None, n: int) -> np.nd
     if labels.dtype not in (np.uint16, np.float32):  # int32 labels: not a calcHist depth
         return np.bincount(labels.ravel() if where is None else labels[where.view(bool)], minlength=n)
     return cv2.calcHist([labels], [0], where, [n], [0, n]).ravel().astype(np.int64)
+
+
+#: label pixels looked up at a time by :func:`_lookup` (their 64-bit index copies stay in the cache)
+_LOOKUP_CHUNK = 1 << 17
+
+
+def _lookup(table: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``table[labels]``, of the shape of ``labels`` (contiguous), in chunks of :data:`_LOOKUP_CHUNK` pixels.
+
+    numpy casts an index array to 64 bits before it gathers: over a whole label image that is 8 bytes a pixel
+    written to memory and read back (12.6 MP of uint16 labels: 27 ms at once, 16 ms in chunks).
+    """
+    flat = labels.ravel()
+    out = np.empty(flat.size, table.dtype)
+    for a in range(0, flat.size, _LOOKUP_CHUNK):
+        np.take(table, flat[a : a + _LOOKUP_CHUNK], out=out[a : a + _LOOKUP_CHUNK])
+    return out.reshape(labels.shape)

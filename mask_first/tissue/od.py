@@ -55,7 +55,7 @@ import cv2
 import numpy as np
 
 from .labels import DEBRIS, INK, TISSUE
-from .morphology import _close_open, _components, _disk, _label_counts, _small_components
+from .morphology import _close_open, _components, _disk, _label_counts, _lookup, _small_components
 from .threshold import _hist
 
 
@@ -204,7 +204,7 @@ def _debris(
     if not small.any():
         return None
     # one gather over the image; everything after it on the small components' pixels only
-    idx = np.flatnonzero(small[labels])  # (np.take would first copy the labels to 64-bit indices)
+    idx = np.flatnonzero(_lookup(small, labels))
     lab = labels.ravel()[idx]
     vec = _od_at(od, idx, lut3)
     mean_od = np.stack([np.bincount(lab, weights=vec[:, c], minlength=n) for c in range(3)], axis=1)
@@ -354,7 +354,7 @@ def _ink(
         stats["ink_components"] = int(keep.sum())
         if not keep.any():
             return None
-        return _grow_ink(keep[labels].view(np.uint8), image(loose_v), tissue, steps_of(mpp), margin_px).view(bool)
+        return _grow_ink(_lookup(keep, labels).view(np.uint8), image(loose_v), tissue, steps_of(mpp), margin_px).view(bool)
     # each dense mask pixel's coarse pixel (the last h % k rows and w % k columns go to their neighbours');
     # a coarse pixel holding a candidate is one, a component's area and votes count its candidate mask pixels
     flat = idx.astype(np.int32) if tissue.size < 2**31 else idx  # int32 arithmetic is twice as fast
@@ -377,7 +377,7 @@ def _ink(
     # candidate or loose pixels, and the margin
     loose_c = np.zeros(hc * wc, np.uint8)
     loose_c[ci_all[loose_v]] = 1
-    grown_c = _grow_ink(keep[labels].view(np.uint8), loose_c.reshape(hc, wc), None, steps_of(mpp * k), 0)
+    grown_c = _grow_ink(_lookup(keep, labels).view(np.uint8), loose_c.reshape(hc, wc), None, steps_of(mpp * k), 0)
     # a dense pixel is a stroke pixel when its coarse pixel grew and it is a candidate or loose one: read off
     # the coarse grid through each dense pixel's coarse index (no mask-sized upsampling and AND)
     strokes = image(grown_c.ravel()[ci_all].view(bool) & (cand_v | loose_v))
@@ -414,7 +414,7 @@ def _stroke_components(
     nb = big_ids.size + 1
     compact = np.zeros(n, np.uint16 if nb <= 65535 else np.float32)
     compact[big_ids] = np.arange(1, nb)
-    blabels = compact[labels]
+    blabels = _lookup(compact, labels)
     x, y, bw, bh = cv2.boundingRect(cv2.compare(blabels, 0, cv2.CMP_GT))
     box = (slice(max(0, y - 3), y + bh + 3), slice(max(0, x - 3), x + bw + 3))
     blabels = blabels[box]

@@ -104,21 +104,18 @@ def _od_labels(
     tissue = density >= t
     closing, opening = float(p["closing_um"]) / mpp, float(p["opening_um"]) / mpp
     morphology = _disk(closing) is not None or _disk(opening) is not None
+    # Without closing / opening (the default) debris is judged on the tissue before the ink is taken out, on a
+    # second thread while the ink is found (after the decode, the two largest costs): a piece of tissue that a
+    # stroke cuts off stays tissue, it is not dust. With morphology, it is judged on the tissue that leaves.
+    debris_first = bool(p["min_object_um2"]) and not morphology
+    threaded = debris_first and tissue.size >= 1 << 18  # on smaller masks a thread costs more than it saves
     ink, debris = None, None
     with ThreadPoolExecutor(1) as pool:
-        # Without closing / opening (the default) debris is judged on the tissue before the ink is taken out,
-        # on a second thread while the ink is found (the two are the largest costs after the decode). A piece
-        # of tissue that a stroke cuts off thus stays tissue: it is not dust. With morphology, debris is
-        # judged on the tissue it leaves.
-        early = bool(p["min_object_um2"]) and not morphology
-        # (small masks: in line, a thread costs more than it saves)
-        pending = pool.submit(_debris, tissue, rgb, mpp, p, lut3) if early and tissue.size >= 1 << 18 else None
+        pending = pool.submit(_debris, tissue, rgb, mpp, p, lut3) if threaded else None
         if p["detect_ink"] and tissue.any():
             ink = _ink(rgb, lut3, density, tissue, dense, t, mpp, p, stats)
-        if pending is not None:
-            debris = pending.result()
-        elif early:
-            debris = _debris(tissue, rgb, mpp, p, lut3)
+        if debris_first:
+            debris = pending.result() if threaded else _debris(tissue, rgb, mpp, p, lut3)
     if ink is not None:
         tissue &= ~ink
     if morphology:

@@ -63,3 +63,15 @@ def test_small_objects_removed_and_enclosed_holes_filled():
     inside_speck = (changed >= 37).all(1) & (changed < 40).all(1)
     assert (inside_hole | inside_speck).all()  # nothing else changed
     assert not cleaned[:5, 32:].any()  # glass touching the border is not a hole
+
+
+@pytest.mark.parametrize("ltype", [np.uint16, np.int32])
+@pytest.mark.parametrize("table_dtype", [bool, np.uint16, np.float32])
+def test_lookup_in_chunks_equals_fancy_indexing(ltype, table_dtype):
+    """``_lookup(table, labels)`` is ``table[labels]`` on a label image of several chunks and a ragged last one."""
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 5000, (701, 613)).astype(ltype)  # 429,713 px: 3 chunks of 2^17 and a part
+    table = rng.integers(0, 2, 5000).astype(table_dtype) if table_dtype is bool else rng.random(5000).astype(table_dtype)
+    got = morphology._lookup(table, labels)
+    assert got.dtype == table.dtype and got.shape == labels.shape
+    np.testing.assert_array_equal(got, table[labels.astype(np.intp)])

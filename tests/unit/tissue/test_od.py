@@ -189,3 +189,24 @@ def test_od_tissue_cut_off_by_an_ink_stroke_stays_tissue():
     assert (mask[66, 70] == tissue_mod.INK) and (mask[67:69, 70] == 255).all()
     assert (mask[85, 30:32] == tissue_mod.DEBRIS).all()
     assert (mask[15:55, 15:135] == 255).all()
+
+
+@pytest.mark.parametrize("rows", [7, 64, 100_000])  # many strips (an odd remainder), a few, one
+def test_ink_features_do_not_depend_on_the_strips(monkeypatch, rows):
+    """The per-pixel ink tests on strips of any height equal those on the whole pen scene at once (the 3 x 3
+    texture window reads one row of the neighbouring strips)."""
+    img, _, _ = pen_scene()
+    rgb = box_pyramid(img, 4)[3]  # 8 µm/px, 100 x 150
+    p = tissue_mod.default_params("od")
+    lut = np.stack([np.clip(np.rint(100 * np.log10(240 / np.maximum(np.arange(256), 1))), 0, 255)] * 3, axis=1)
+    lut3 = lut.astype(np.uint8).reshape(256, 1, 3)
+    density, dense = od_method._od_density(rgb, lut3, 10)  # the tissue (mean OD 0.17) and the strokes
+    ref = lut[list(TISSUE_RGB), [0, 1, 2]] / np.linalg.norm(lut[list(TISSUE_RGB), [0, 1, 2]])  # the stain's OD colour
+    whole = od_method._ink_features(rgb, lut3, density, dense, ref, p)
+    monkeypatch.setattr(od_method, "_FEATURE_ROWS", rows)
+    d2, dense2 = od_method._od_density(rgb, lut3, 10)
+    np.testing.assert_array_equal(d2, density)
+    np.testing.assert_array_equal(dense2, dense)
+    for a, b in zip(od_method._ink_features(rgb, lut3, density, dense, ref, p), whole):
+        np.testing.assert_array_equal(a, b)
+    assert whole[2].any() and not whole[2].all()  # the scene has candidate and non-candidate pixels

@@ -26,7 +26,7 @@ least half of its area is (area fractions by ``cv2.resize(INTER_AREA)``).
 
 Usage::
 
-    python benchmarks/eval_tissue.py [--methods od otsu saturation] [--keep DIR]
+    python benchmarks/eval_tissue.py [--methods od otsu saturation] [--keep DIR] [--seed-offsets 0 100 200]
 
 Prints one line per (slide, method).
 """
@@ -96,13 +96,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", default=["od", "otsu", "saturation"])
     parser.add_argument("--keep", type=Path, help="write the synthetic slides here (reused when present)")
     parser.add_argument("--mpp", type=float, default=8.0)
+    parser.add_argument("--seed-offsets", nargs="+", type=int, default=[0], metavar="K",
+                        help="also run each synthetic scene with its seed + K (other tissue, strokes and dust)")
+    parser.add_argument("--no-real", action="store_true", help="synthetic slides only")
     args = parser.parse_args(argv)
     tmp = tempfile.TemporaryDirectory()
     folder = args.keep or Path(tmp.name)
     folder.mkdir(parents=True, exist_ok=True)
     ds = args.mpp / MPP0
     print(f"{'slide':<44} {'method':<11} {'IoU':>6} {'IoU-ink':>7} {'ink->tissue':>11} {'ink labelled':>12} {'tissue %':>8}")
-    for name, spec in SCENES.items():
+    scenes = {
+        name + (f"+{k}" if k else ""): {**spec, "seed": spec["seed"] + k}
+        for k in args.seed_offsets for name, spec in SCENES.items()
+    }  # fmt: skip
+    for name, spec in scenes.items():
         path = folder / f"{name}.tiff"
         if not path.exists():
             write_synthetic_slide(path, W, H, mpp=MPP0, **spec)
@@ -118,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{'synthetic ' + name:<44} {method:<11} {iou(got, truth):6.3f} {iou(got, truth & ~ink):7.3f} {ink_t} {ink_l}"
                   f" {100 * got.mean():8.2f}",
                   flush=True)  # fmt: skip
+    if args.no_real:
+        return 0
     if not SHARED.is_dir():
         print(f"(real slides not found at {SHARED})")
         return 0

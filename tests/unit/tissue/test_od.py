@@ -210,3 +210,22 @@ def test_ink_features_do_not_depend_on_the_strips(monkeypatch, rows):
     for a, b in zip(od_method._ink_features(rgb, lut3, density, dense, ref, p), whole):
         np.testing.assert_array_equal(a, b)
     assert whole[2].any() and not whole[2].all()  # the scene has candidate and non-candidate pixels
+
+
+@pytest.mark.parametrize("white", [(255, 255, 255), (242, 236, 248), (200, 231, 213)])
+def test_density_is_the_rounded_mean_of_the_three_channel_ods(white):
+    """The density is round((OD_R + OD_G + OD_B) / 3) of the per-channel lookups, for every colour whose OD
+    sums cover 0..765 (a 256 x 256 x 4 grid of colours, each channel through all 256 values), and the dense
+    indices are the pixels at or above the floor."""
+    levels = np.maximum(np.arange(256, dtype=np.float64), 1)
+    lut = np.stack([np.clip(np.rint(100 * np.log10(w / levels)), 0, 255) for w in white], axis=1).astype(np.uint8)
+    v = np.arange(256, dtype=np.uint8)
+    r, g = np.meshgrid(v, v, indexing="ij")
+    rgb = np.stack([np.repeat(r, 4, axis=1), np.repeat(g, 4, axis=1), np.tile(v.reshape(1, 256), (256, 4))[:, :1024]], axis=2)
+    rgb = np.ascontiguousarray(np.concatenate([rgb, rgb[:, :, ::-1]], axis=0))  # 512 x 1024: b also meets every r
+    density, dense = od_method._od_density(rgb, lut.reshape(256, 1, 3), 37)
+    total = lut[rgb[..., 0], 0].astype(int) + lut[rgb[..., 1], 1] + lut[rgb[..., 2], 2]
+    expected = np.floor(total / 3 + 0.5).astype(np.uint8)
+    assert set(np.unique(total % 3)) == {0, 1, 2} and total.max() > 300
+    np.testing.assert_array_equal(density, expected)
+    np.testing.assert_array_equal(dense, np.flatnonzero(expected >= 37))

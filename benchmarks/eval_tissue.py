@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 from mask_first.slides import open_slide  # noqa: E402
 from mask_first.synthetic import synthetic_pen_mask, synthetic_tissue_mask, write_synthetic_slide  # noqa: E402
 from mask_first.tissue.detection import INK, TISSUE, tissue_mask_with_info  # noqa: E402
@@ -99,7 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed-offsets", nargs="+", type=int, default=[0], metavar="K",
                         help="also run each synthetic scene with its seed + K (other tissue, strokes and dust)")
     parser.add_argument("--no-real", action="store_true", help="synthetic slides only")
+    parser.add_argument("--params", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="method parameters for every method run, e.g. min_hole_um2=200")
     args = parser.parse_args(argv)
+    from bench_tissue import _parse_param
+
+    params = dict(_parse_param(t) for t in args.params)
     tmp = tempfile.TemporaryDirectory()
     folder = args.keep or Path(tmp.name)
     folder.mkdir(parents=True, exist_ok=True)
@@ -118,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         ink = synthetic_pen_mask(W, H, downsample=ds, pen_mark=spec.get("pen_mark"), inks=spec.get("inks", ()),
                                  **geometry)  # fmt: skip
         for method in args.methods:
-            mask = tissue_mask_with_info(path, args.mpp, method).mask[: truth.shape[0], : truth.shape[1]]
+            mask = tissue_mask_with_info(path, args.mpp, method, **params).mask[: truth.shape[0], : truth.shape[1]]
             got = mask == TISSUE
             ink_t = f"{got[ink].mean():11.3f}" if ink.any() else f"{'-':>11}"
             ink_l = f"{(mask == INK)[ink].mean():12.3f}" if ink.any() else f"{'-':>12}"
@@ -135,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         if not path.exists():
             continue
         for method in args.methods:
-            res = tissue_mask_with_info(path, args.mpp, method, mpp_override=override)
+            res = tissue_mask_with_info(path, args.mpp, method, mpp_override=override, **params)
             ref = od_reference(path, override, args.mpp, res.mask.shape)
             got = res.mask == TISSUE
             print(f"{name:<44} {method:<11} {iou(got, ref):6.3f} {'-':>7} {'-':>11} {100 * (res.mask == INK).mean():11.2f}%"

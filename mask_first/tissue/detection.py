@@ -143,6 +143,8 @@ _METHOD_PARAMS: dict[str, dict[str, Any]] = {
         # the ink components, their shape, context and growth are measured on a grid this many mask
         # pixels wide (a block holding a candidate pixel is a candidate); 1 = on the mask grid itself
         "ink_grid": 2,
+        # on masks finer than this (µm/px) ink is found on blocks of about this size, its edge on the mask
+        "ink_mpp": 8.0,
     },
     "otsu": {
         # number of Otsu classes (2 or 3); tissue = every class below the top one
@@ -368,6 +370,8 @@ def _resolve(method: str, params: dict[str, Any]) -> dict[str, Any]:
             )
     if method == "od" and not 0 < float(resolved["min_od"]) < 3:
         raise ValueError(f"min_od must be in (0, 3), got {resolved['min_od']}")
+    if method == "od" and not float(resolved["ink_mpp"]) > 0:
+        raise ValueError(f"ink_mpp must be a positive number of µm/px, got {resolved['ink_mpp']}")
     if method == "od" and not (int(resolved["ink_grid"]) == resolved["ink_grid"] and resolved["ink_grid"] >= 1):
         raise ValueError(f"ink_grid must be a whole number >= 1, got {resolved['ink_grid']}")
     return resolved

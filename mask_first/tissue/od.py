@@ -31,6 +31,10 @@ and returns the label image (:mod:`mask_first.tissue.labels`) and what it measur
    context, and the growth run on a grid ``ink_grid`` (2) mask pixels
    wide (a block holding a candidate pixel is a candidate, areas and
    votes count mask pixels), a quarter of the pixels to label and dilate.
+   On masks finer than ``ink_mpp`` (8 µm/px), where cells are resolved and
+   the tissue's texture shows through a stroke over it, all of this runs on
+   the RGB averaged over blocks of about ``ink_mpp``, and only the strokes'
+   edge is decided on the mask grid (:func:`_ink_at_ink_mpp`).
 4. No closing by default (``closing_um`` = 0): holes, lumina and fat
    vacuoles of any size stay background, and the mask agrees with a
    plain OD threshold at tissue edges (closing by 8 µm cost 0.05 IoU on
@@ -115,7 +119,7 @@ def _od_labels(
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(_debris, tissue, rgb, mpp, p, lut3) if threaded else None
         if p["detect_ink"] and tissue.any():
-            ink = _ink(rgb, lut3, density, tissue, dense, t, mpp, p, stats)
+            ink = _ink_at_ink_mpp(rgb, lut3, density, tissue, dense, t, mpp, p, stats)
         if debris_first:
             debris = pending.result() if threaded else _debris(tissue, rgb, mpp, p, lut3)
     if ink is not None:
@@ -134,6 +138,39 @@ def _od_labels(
     if ink is not None:
         np.copyto(labels, INK, where=ink)
     return labels, stats
+
+
+def _ink_at_ink_mpp(
+    rgb: np.ndarray, lut3: np.ndarray, density: np.ndarray, tissue: np.ndarray, dense: np.ndarray, threshold: int,
+    mpp: float, p: dict[str, Any], stats: dict[str, Any],
+) -> np.ndarray | None:
+    """:func:`_ink` on a grid of about ``ink_mpp`` µm/px when the mask is finer, the strokes' edge on the mask grid.
+
+    The ink tests are tuned where the dye film is smooth and the tissue textured at the scale of a pixel:
+    ``ink_mpp`` (8 µm). On a finer mask (4 µm/px: cells resolved, the tissue's texture showing through a
+    stroke over it) they miss strokes they find at 8 µm/px: on the evaluation's four-marker H&E slide at
+    4 µm/px, 8.5 % of the ink stayed tissue on the mask grid, 0.9 % this way. So the RGB is area-averaged
+    over blocks of ``k = round(ink_mpp / mpp)`` mask pixels (the last ``h % k`` rows and ``w % k`` columns
+    go with the blocks before them), ink is found there (edge included, :func:`_ink_margin`), copied back
+    to its blocks' tissue pixels, and the pixels next to it are judged on the mask grid by the same edge
+    test. With ``k`` = 1 it is :func:`_ink` itself.
+    """
+    k = max(1, round(float(p["ink_mpp"]) / mpp))
+    h, w = tissue.shape
+    hc, wc = h // k, w // k
+    if k == 1 or min(hc, wc) < 8:
+        return _ink(rgb, lut3, density, tissue, dense, threshold, mpp, p, stats)
+    block = cv2.resize(rgb[: hc * k, : wc * k], (wc, hc), interpolation=cv2.INTER_AREA)
+    ink_min = round(float(p["ink_min_od"]) * OD_SCALE)
+    density_c, dense_c = _od_density(block, lut3, ink_min)
+    coarse = _ink(block, lut3, density_c, density_c >= threshold, dense_c, threshold, mpp * k, p, stats)
+    if coarse is None:
+        return None
+    up = np.zeros((h, w), np.uint8)
+    up[: hc * k, : wc * k] = cv2.resize(coarse.view(np.uint8), (wc * k, hc * k), interpolation=cv2.INTER_NEAREST)
+    up[hc * k :, : wc * k] = up[hc * k - 1 : hc * k, : wc * k]
+    up[:, wc * k :] = up[:, wc * k - 1 : wc * k]
+    return _ink_margin(cv2.bitwise_and(up, tissue.view(np.uint8)), tissue, density, 1.0).view(bool)
 
 
 def _od_density(rgb: np.ndarray, lut3: np.ndarray, dense_min: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:

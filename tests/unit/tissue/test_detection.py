@@ -140,6 +140,9 @@ def test_parameters_are_validated(rect_tiff):
     for bad in (0, 1.5):
         with pytest.raises(ValueError, match="ink_grid"):
             tissue_mask(rect_tiff, 8.0, ink_grid=bad)
+    for bad in (0, -8.0, float("nan")):
+        with pytest.raises(ValueError, match="ink_mpp"):
+            tissue_mask(rect_tiff, 8.0, ink_mpp=bad)
 
 
 def test_slide_or_path_and_provenance(rect_tiff):

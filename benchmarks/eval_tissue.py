@@ -27,6 +27,7 @@ least half of its area is (area fractions by ``cv2.resize(INTER_AREA)``).
 Usage::
 
     python benchmarks/eval_tissue.py [--methods od otsu saturation] [--keep DIR] [--seed-offsets 0 100 200]
+        [--size 24576 18432] [--params KEY=VALUE ...] [--no-real]
 
 Prints one line per (slide, method).
 """
@@ -99,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed-offsets", nargs="+", type=int, default=[0], metavar="K",
                         help="also run each synthetic scene with its seed + K (other tissue, strokes and dust)")
     parser.add_argument("--no-real", action="store_true", help="synthetic slides only")
+    parser.add_argument("--size", nargs=2, type=int, default=[W, H], metavar=("WIDTH", "HEIGHT"),
+                        help="synthetic slides' level-0 size in px at 0.5 µm/px (strokes are 1 %% of the short side wide)")
     parser.add_argument("--params", nargs="*", default=[], metavar="KEY=VALUE",
                         help="method parameters for every method run, e.g. min_hole_um2=200")
     args = parser.parse_args(argv)
@@ -114,13 +117,14 @@ def main(argv: list[str] | None = None) -> int:
         name + (f"+{k}" if k else ""): {**spec, "seed": spec["seed"] + k}
         for k in args.seed_offsets for name, spec in SCENES.items()
     }  # fmt: skip
+    width, height = args.size
     for name, spec in scenes.items():
-        path = folder / f"{name}.tiff"
+        path = folder / (f"{name}.tiff" if (width, height) == (W, H) else f"{name}-{width}x{height}.tiff")
         if not path.exists():
-            write_synthetic_slide(path, W, H, mpp=MPP0, **spec)
+            write_synthetic_slide(path, width, height, mpp=MPP0, **spec)
         geometry = {k: v for k, v in spec.items() if k in ("seed", "n_regions", "tissue_fraction")}
-        truth = synthetic_tissue_mask(W, H, downsample=ds, **geometry)
-        ink = synthetic_pen_mask(W, H, downsample=ds, pen_mark=spec.get("pen_mark"), inks=spec.get("inks", ()),
+        truth = synthetic_tissue_mask(width, height, downsample=ds, **geometry)
+        ink = synthetic_pen_mask(width, height, downsample=ds, pen_mark=spec.get("pen_mark"), inks=spec.get("inks", ()),
                                  **geometry)  # fmt: skip
         for method in args.methods:
             mask = tissue_mask_with_info(path, args.mpp, method, **params).mask[: truth.shape[0], : truth.shape[1]]

@@ -126,6 +126,9 @@ _METHOD_PARAMS: dict[str, dict[str, Any]] = {
         "detect_ink": True,
         # ink: mean OD at least this
         "ink_min_od": 0.25,
+        # ink of the stain's own hue: smooth and at least this many times the slide's median tissue density
+        # (and twice ink_min_od)
+        "ink_same_hue_min_ratio": 1.5,
         # ink: neutral colour (black marker) at mean OD at least this, whatever the stain
         "ink_black_min_od": 0.8,
         # ink components: most pixels with a local (3 x 3) OD coefficient of variation below this
@@ -370,6 +373,8 @@ def _resolve(method: str, params: dict[str, Any]) -> dict[str, Any]:
             )
     if method == "od" and not 0 < float(resolved["min_od"]) < 3:
         raise ValueError(f"min_od must be in (0, 3), got {resolved['min_od']}")
+    if method == "od" and not float(resolved["ink_same_hue_min_ratio"]) >= 0:
+        raise ValueError(f"ink_same_hue_min_ratio must be >= 0, got {resolved['ink_same_hue_min_ratio']}")
     if method == "od" and not float(resolved["ink_mpp"]) > 0:
         raise ValueError(f"ink_mpp must be a positive number of µm/px, got {resolved['ink_mpp']}")
     if method == "od" and not (int(resolved["ink_grid"]) == resolved["ink_grid"] and resolved["ink_grid"] >= 1):

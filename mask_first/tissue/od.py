@@ -273,15 +273,16 @@ _SQUARES = (np.arange(256) ** 2).astype(np.uint16)
 
 
 def _ink_features(
-    rgb: np.ndarray, lut3: np.ndarray, density: np.ndarray, idx: np.ndarray, ref: np.ndarray, p: dict[str, Any]
+    rgb: np.ndarray, lut3: np.ndarray, density: np.ndarray, idx: np.ndarray, ref: np.ndarray, p: dict[str, Any],
+    same_min: float,
 ) -> tuple[np.ndarray, ...]:
     """Per-pixel ink tests at the flat indices ``idx`` (sorted) of the dense tissue pixels.
 
     Returns boolean vectors over ``idx``: ``smooth`` (local 3 x 3 coefficient
     of variation of the density below ``ink_max_cv``), ``off`` (colour more than
     ``ink_min_angle_deg`` from the stain ``ref``, or neutral and opaque),
-    ``cand`` (off, or smooth and twice ``ink_min_od``: ink of the stain's own
-    hue), ``loose`` (the growth test: 0.6 x the angle, or smooth). Computed
+    ``cand`` (off, or smooth and of density at least ``same_min``, in
+    1/OD_SCALE: ink of the stain's own hue), ``loose`` (the growth test: 0.6 x the angle, or smooth). Computed
     in strips of up to :data:`_FEATURE_ROWS` rows (:func:`_strip_rows`), two at a time on two threads
     (numpy and OpenCV release the GIL), so the float temporaries stay a few
     strips in size.
@@ -325,7 +326,7 @@ def _ink_features(
         smooth = 9 * s2 - s1 < float(p["ink_max_cv"]) ** 2 * s1
         off = (dot <= np.float32(cos_off) * norm) | black
         out[0][lo:hi], out[1][lo:hi] = smooth, off
-        out[2][lo:hi] = off | (smooth & (d >= 2 * float(p["ink_min_od"]) * OD_SCALE))
+        out[2][lo:hi] = off | (smooth & (d >= same_min))
         out[3][lo:hi] = (dot <= np.float32(cos_loose) * norm) | smooth
 
     if len(bounds) <= 2:
@@ -372,7 +373,12 @@ def _ink(
     ref = np.array([np.median(c * t_inv) for c in (t_r, t_g, t_b)])
     ref /= max(float(np.linalg.norm(ref)), 1e-6)
     stats["stain_od_vector"] = [round(float(v), 3) for v in ref]
-    smooth_v, off_v, cand_v, loose_v = _ink_features(rgb, lut3, density, idx, ref, p)
+    # ink of the stain's own hue is told from tissue by being smooth and denser than the slide's tissue: at
+    # least twice ink_min_od, and on a densely stained slide ink_same_hue_min_ratio times its median tissue
+    # density (a dense core biopsy is smooth at 8 µm/px for half its pixels, elongated and on glass)
+    median = float(np.median(density[::step, ::step][tissue[::step, ::step]]))
+    same_min = max(2 * float(p["ink_min_od"]) * OD_SCALE, float(p["ink_same_hue_min_ratio"]) * median)
+    smooth_v, off_v, cand_v, loose_v = _ink_features(rgb, lut3, density, idx, ref, p, same_min)
 
     def image(values: np.ndarray) -> np.ndarray:
         out = np.zeros(tissue.size, np.uint8)

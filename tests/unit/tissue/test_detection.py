@@ -143,6 +143,8 @@ def test_parameters_are_validated(rect_tiff):
     for bad in (0, -8.0, float("nan")):
         with pytest.raises(ValueError, match="ink_mpp"):
             tissue_mask(rect_tiff, 8.0, ink_mpp=bad)
+    with pytest.raises(ValueError, match="ink_same_hue_min_ratio"):
+        tissue_mask(rect_tiff, 8.0, ink_same_hue_min_ratio=-1)
 
 
 def test_slide_or_path_and_provenance(rect_tiff):

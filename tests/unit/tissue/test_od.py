@@ -226,12 +226,12 @@ def test_ink_features_do_not_depend_on_the_strips(monkeypatch, rows):
     lut3 = lut.astype(np.uint8).reshape(256, 1, 3)
     density, dense = od_method._od_density(rgb, lut3, 10)  # the tissue (mean OD 0.17) and the strokes
     ref = lut[list(TISSUE_RGB), [0, 1, 2]] / np.linalg.norm(lut[list(TISSUE_RGB), [0, 1, 2]])  # the stain's OD colour
-    whole = od_method._ink_features(rgb, lut3, density, dense, ref, p)
+    whole = od_method._ink_features(rgb, lut3, density, dense, ref, p, 50)
     monkeypatch.setattr(od_method, "_FEATURE_ROWS", rows)
     d2, dense2 = od_method._od_density(rgb, lut3, 10)
     np.testing.assert_array_equal(d2, density)
     np.testing.assert_array_equal(dense2, dense)
-    for a, b in zip(od_method._ink_features(rgb, lut3, density, dense, ref, p), whole):
+    for a, b in zip(od_method._ink_features(rgb, lut3, density, dense, ref, p, 50), whole):
         np.testing.assert_array_equal(a, b)
     assert whole[2].any() and not whole[2].all()  # the scene has candidate and non-candidate pixels
 
@@ -270,3 +270,27 @@ def test_stroke_edge_pixels_are_ink_when_mostly_covered_hand_worked():
     assert (mask[39:46, cols] == tissue_mod.INK).all()
     assert (mask[46, cols] == 255).all()
     assert (mask[12:38, cols] == 255).all() and (mask[47:78, cols] == 255).all()
+
+
+def test_dense_core_biopsy_strip_stays_tissue():
+    """A core biopsy: a 0.5 x 12 mm strip of densely stained tissue (mean OD ~0.55 in the stain's own hue)
+    alone on glass, textured at 2 µm/px and so smooth at 8 µm/px for most of its pixels, elongated, lying on
+    glass: everything a same-hue marker stroke is but denser than the slide's own tissue. It stays tissue
+    (with twice ink_min_od as the only floor, most of it is labelled ink); a blue marker of twice its density
+    across the glass beside it is still ink."""
+    rng = np.random.default_rng(7)
+    h, w = 1200, 6400  # 2 µm/px
+    od = np.zeros((h, w), np.float32)
+    od[350:600, 200:6200] = 0.55 * np.clip(1 + 0.5 * rng.standard_normal((250, 6000)), 0.2, 2.2)
+    stain = -np.log10(np.array(TISSUE_RGB) / 240)  # the H&E-like stain's OD per channel, scaled to a mean of 1
+    img = 240 * 10 ** (-od[..., None] * (stain / stain.mean()))
+    marker = -np.log10(np.array([45, 85, 185]) / 240)
+    img[850:910, 300:6100] = 240 * 10 ** (-1.1 * marker / marker.mean())  # blue marker, mean OD 1.1
+    slide = ArraySlide(box_pyramid(np.clip(img, 0, 255).round().astype(np.uint8), 4), mpp=2.0)
+    res = tissue_mask_with_info(slide, 8.0)
+    strip = res.mask[92:148, 55:1545]
+    assert (strip == 255).mean() > 0.95, {int(v): int(c) for v, c in zip(*np.unique(strip, return_counts=True))}
+    assert (res.mask[214:227, 80:1520] == tissue_mod.INK).mean() > 0.9
+    # the old floor (twice ink_min_od, whatever the slide) takes the strip for a stroke
+    old = tissue_mask_with_info(slide, 8.0, ink_same_hue_min_ratio=0)
+    assert (old.mask[92:148, 55:1545] == tissue_mod.INK).mean() > 0.3

@@ -367,7 +367,8 @@ def _ink(
         return None
     # the slide's own stain colour: median unit OD vector of its tissue (ink is a minority of it)
     step = _sample_step(np.count_nonzero(tissue))
-    t_sample = _od_at(rgb[::step, ::step][tissue[::step, ::step]], None, lut3)
+    sampled = tissue[::step, ::step]
+    t_sample = _od_at(rgb[::step, ::step][sampled], None, lut3)
     t_r, t_g, t_b = (t_sample[:, c].astype(np.float32) for c in range(3))
     t_inv = 1 / np.maximum(np.sqrt(t_r * t_r + t_g * t_g + t_b * t_b), np.float32(1e-6))
     ref = np.array([np.median(c * t_inv) for c in (t_r, t_g, t_b)])
@@ -376,7 +377,7 @@ def _ink(
     # ink of the stain's own hue is told from tissue by being smooth and denser than the slide's tissue: at
     # least twice ink_min_od, and on a densely stained slide ink_same_hue_min_ratio times its median tissue
     # density (a dense core biopsy is smooth at 8 µm/px for half its pixels, elongated and on glass)
-    median = float(np.median(density[::step, ::step][tissue[::step, ::step]]))
+    median = float(np.median(density[::step, ::step][sampled]))
     same_min = max(2 * float(p["ink_min_od"]) * OD_SCALE, float(p["ink_same_hue_min_ratio"]) * median)
     smooth_v, off_v, cand_v, loose_v = _ink_features(rgb, lut3, density, idx, ref, p, same_min)
 
@@ -512,6 +513,14 @@ def _grow_ink(strokes: np.ndarray, loose: np.ndarray, steps: int) -> np.ndarray:
     return out
 
 
+#: transmittance 10^-OD of each density (uint8 in 1/OD_SCALE)
+_TRANSMITTANCE = (10.0 ** (-np.arange(256) / OD_SCALE)).astype(np.float32)
+
+#: an edge pixel at least this much covered by a stroke is ink (below a half: a sliver of tissue lost is
+#: cheaper than ink kept on a tile, and the blur of the scan spreads the ink's edge over the next pixel)
+_EDGE_INK_COVER = 0.4
+
+
 def _ink_margin(strokes: np.ndarray, tissue: np.ndarray, density: np.ndarray, margin_px: float) -> np.ndarray:
     """The strokes' anti-aliased edge, in place: tissue pixels within a disk of ``margin_px`` of ``strokes``
     (uint8 0/1) that are mostly ink become ink.
@@ -569,10 +578,3 @@ def _ink_margin(strokes: np.ndarray, tissue: np.ndarray, density: np.ndarray, ma
     cv2.bitwise_and(core, on_tissue, dst=core)  # ink is a label of tissue pixels (the k = 1 closing adds others)
     return strokes
 
-
-#: transmittance 10^-OD of each density (uint8 in 1/OD_SCALE)
-_TRANSMITTANCE = (10.0 ** (-np.arange(256) / OD_SCALE)).astype(np.float32)
-
-#: an edge pixel at least this much covered by a stroke is ink (below a half: a sliver of tissue lost is
-#: cheaper than ink kept on a tile, and the blur of the scan spreads the ink's edge over the next pixel)
-_EDGE_INK_COVER = 0.4

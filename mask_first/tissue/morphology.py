@@ -62,6 +62,28 @@ def _components(m: np.ndarray) -> tuple[int, np.ndarray]:
         return cv2.connectedComponents(m.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
 
 
+def _components_with_boxes(m: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """(count, labels, stats) of the 8-connected components of a boolean image (labels as in :func:`_components`).
+
+    ``stats[i]`` is component ``i``'s bounding box and size ``(x, y, width, height, pixels)`` (label 0's is
+    the background's). The statistics pass costs about twice the labelling (on the 3.1 MP coarse ink grid
+    of the generated 8 µm/px slide: 7.8 against 2.4 ms); it lets the steps that follow work in each
+    component's box instead of over the whole image.
+    """
+    try:
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(m.view(np.uint8), connectivity=8, ltype=cv2.CV_16U)
+    except cv2.error:
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(m.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+    return n, labels, stats
+
+
+def _box(stats: np.ndarray, pad: int, shape: tuple[int, int]) -> tuple[slice, slice]:
+    """The ``(x, y, width, height, ...)`` box grown by ``pad`` pixels each side, clipped to an image of ``shape``,
+    as (row, column) slices."""
+    x, y, w, h = (int(v) for v in stats[:4])
+    return slice(max(0, y - pad), min(shape[0], y + h + pad)), slice(max(0, x - pad), min(shape[1], x + w + pad))
+
+
 def _label_counts(labels: np.ndarray, where: np.ndarray | None, n: int) -> np.ndarray:
     """Pixel count of each label 0..n-1 of ``labels`` where ``where`` (uint8, or None: all) is non-zero."""
     if labels.dtype not in (np.uint16, np.float32):  # int32 labels: not a calcHist depth

@@ -61,7 +61,7 @@ import cv2
 import numpy as np
 
 from .labels import DEBRIS, INK, TISSUE
-from .morphology import _close_open, _components, _disk, _label_counts, _lookup, _small_components
+from .morphology import _box, _close_open, _components, _components_with_boxes, _disk, _label_counts, _lookup, _small_components
 from .threshold import _hist
 
 
@@ -159,18 +159,21 @@ def _ink_at_ink_mpp(
     h, w = tissue.shape
     hc, wc = h // k, w // k
     if k == 1 or min(hc, wc) < 8:
-        return _ink(rgb, lut3, density, tissue, dense, threshold, mpp, p, stats)
+        found = _ink(rgb, lut3, density, tissue, dense, threshold, mpp, p, stats)
+        return None if found is None else found[0]
     block = cv2.resize(rgb[: hc * k, : wc * k], (wc, hc), interpolation=cv2.INTER_AREA)
     ink_min = round(float(p["ink_min_od"]) * OD_SCALE)
     density_c, dense_c = _od_density(block, lut3, ink_min)
-    coarse = _ink(block, lut3, density_c, density_c >= threshold, dense_c, threshold, mpp * k, p, stats)
-    if coarse is None:
+    found = _ink(block, lut3, density_c, density_c >= threshold, dense_c, threshold, mpp * k, p, stats)
+    if found is None:
         return None
+    coarse, held = found
     up = np.zeros((h, w), np.uint8)
     up[: hc * k, : wc * k] = cv2.resize(coarse.view(np.uint8), (wc * k, hc * k), interpolation=cv2.INTER_NEAREST)
     up[hc * k :, : wc * k] = up[hc * k - 1 : hc * k, : wc * k]
     up[:, wc * k :] = up[:, wc * k - 1 : wc * k]
-    return _ink_margin(cv2.bitwise_and(up, tissue.view(np.uint8)), tissue, density, 1.0).view(bool)
+    held = [_on_finer_grid(b, k, (hc, wc), (h, w)) for b in held]
+    return _ink_margin(cv2.bitwise_and(up, tissue.view(np.uint8)), tissue, density, 1.0, held).view(bool)
 
 
 def _od_density(rgb: np.ndarray, lut3: np.ndarray, dense_min: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -340,8 +343,9 @@ def _ink_features(
 def _ink(
     rgb: np.ndarray, lut3: np.ndarray, density: np.ndarray, tissue: np.ndarray, dense: np.ndarray, threshold: int,
     mpp: float, p: dict[str, Any], stats: dict[str, Any],
-) -> np.ndarray | None:
-    """Pen / marker ink, a boolean image (None when there is none).
+) -> tuple[np.ndarray, list[tuple[slice, slice]]] | None:
+    """Pen / marker ink: a boolean image and the boxes (row, column slices) that hold it, or None when there
+    is none.
 
     Ink is dense, off the slide's stain colour (or black), uniform, and
     stroke-shaped or on glass. The OD is looked up from ``rgb`` by ``lut3``
@@ -395,16 +399,15 @@ def _ink(
     hc, wc = h // k, w // k
     if k == 1 or min(hc, wc) < 8:  # on the mask grid itself (also for masks of a few pixels)
         cand = cv2.morphologyEx(image(cand_v), cv2.MORPH_CLOSE, _disk(1.5))
-        n, labels = _components(cand)
+        n, labels, boxes = _components_with_boxes(cand)
         lab_v = labels.ravel()[idx]
-        votes = (_label_counts(labels, None, n), np.bincount(lab_v[smooth_v], minlength=n),
-                 np.bincount(lab_v[off_v], minlength=n))  # fmt: skip
-        keep = _stroke_components(labels, n, votes, tissue, 1, mpp, p)
-        stats["ink_components"] = int(keep.sum())
-        if not keep.any():
+        votes = (boxes[:, 4], np.bincount(lab_v[smooth_v], minlength=n), np.bincount(lab_v[off_v], minlength=n))
+        ids = np.flatnonzero(_stroke_components(labels, boxes, votes, tissue, 1, mpp, p))
+        stats["ink_components"] = int(ids.size)
+        if not ids.size:
             return None
-        strokes = _grow_ink(_lookup(keep, labels).view(np.uint8), image(loose_v), steps_of(mpp))
-        return _ink_margin(strokes, tissue, density, margin_px).view(bool)
+        strokes, held = _grow_ink(labels, boxes, ids, image(loose_v), steps_of(mpp))
+        return _ink_margin(strokes, tissue, density, margin_px, held).view(bool), held
     # each dense mask pixel's coarse pixel (the last h % k rows and w % k columns go to their neighbours');
     # a coarse pixel holding a candidate is one, a component's area and votes count its candidate mask pixels
     flat = idx.astype(np.int32) if tissue.size < 2**31 else idx  # int32 arithmetic is twice as fast
@@ -413,41 +416,44 @@ def _ink(
     ci = ci_all[cand_v]
     cand_c = np.zeros(hc * wc, np.uint8)
     cand_c[ci] = 1
-    n, labels = _components(cand_c.reshape(hc, wc))
+    n, labels, boxes = _components_with_boxes(cand_c.reshape(hc, wc))
     lab = labels.ravel()[ci]
     votes = (np.bincount(lab, minlength=n), np.bincount(lab[smooth_v[cand_v]], minlength=n),
              np.bincount(lab[off_v[cand_v]], minlength=n))  # fmt: skip
     # the coarse tissue for the context test: the block's majority (rounded mean of 0/1)
     tissue_c = cv2.resize(tissue[: hc * k, : wc * k].view(np.uint8), (wc, hc), interpolation=cv2.INTER_AREA) > 0
-    keep = _stroke_components(labels, n, votes, tissue_c, k, mpp, p)
-    stats["ink_components"] = int(keep.sum())
-    if not keep.any():
+    ids = np.flatnonzero(_stroke_components(labels, boxes, votes, tissue_c, k, mpp, p))
+    stats["ink_components"] = int(ids.size)
+    if not ids.size:
         return None
     # the growth (a coarse pixel holding a loose pixel is loose), then on the mask grid the grown strokes'
     # candidate or loose pixels, and the margin
     loose_c = np.zeros(hc * wc, np.uint8)
     loose_c[ci_all[loose_v]] = 1
-    grown_c = _grow_ink(_lookup(keep, labels).view(np.uint8), loose_c.reshape(hc, wc), steps_of(mpp * k))
+    grown_c, held = _grow_ink(labels, boxes, ids, loose_c.reshape(hc, wc), steps_of(mpp * k))
+    held = [_on_finer_grid(b, k, (hc, wc), (h, w)) for b in held]
     # a dense pixel is a stroke pixel when its coarse pixel grew and it is a candidate or loose one: read off
     # the coarse grid through each dense pixel's coarse index (no mask-sized upsampling and AND)
     strokes = image(grown_c.ravel()[ci_all].view(bool) & (cand_v | loose_v))
-    return _ink_margin(strokes, tissue, density, margin_px).view(bool)
+    return _ink_margin(strokes, tissue, density, margin_px, held).view(bool), held
 
 
 def _stroke_components(
-    labels: np.ndarray, n: int, votes: tuple[np.ndarray, ...], tissue: np.ndarray, k: int, mpp: float,
+    labels: np.ndarray, boxes: np.ndarray, votes: tuple[np.ndarray, ...], tissue: np.ndarray, k: int, mpp: float,
     p: dict[str, Any],
 ) -> np.ndarray:
     """Which candidate components are ink strokes (boolean per label; label 0 is never ink).
 
-    ``labels`` (``n`` labels) are the components on a grid of ``k`` mask pixels
-    (``mpp`` µm each), ``votes`` = (candidate pixels, smooth ones, off-stain
-    ones) per component counted on the mask grid, ``tissue`` the tissue on the
-    components' grid. A stroke is big (``ink_min_area_um2``), off the stain or
-    smooth for most of its pixels, and elongated or lying mostly on glass.
-    Shape and context are measured for the big candidates alone, in their
-    bounding box; no per-component statistics pass over the whole labelling
-    (it cost as much as the labelling itself).
+    ``labels`` are the components on a grid of ``k`` mask pixels (``mpp`` µm
+    each), ``boxes`` their ``(x, y, width, height, pixels)``
+    (:func:`~mask_first.tissue.morphology._components_with_boxes`), ``votes`` =
+    (candidate pixels, smooth ones, off-stain ones) per component counted on
+    the mask grid, ``tissue`` the tissue on the components' grid. A stroke is
+    big (``ink_min_area_um2``), off the stain or smooth for most of its
+    pixels, and elongated or lying mostly on glass. Shape and context are
+    measured for the big candidates alone, each in its own bounding box: a
+    few per cent of the image, where one pass over the box of all of them
+    (on the generated slide, 16 strokes across the whole image) cost 45 ms.
     """
     area, smooth_n, off_n = votes
     big = area >= float(p["ink_min_area_um2"]) / mpp**2
@@ -457,60 +463,58 @@ def _stroke_components(
     off = off_n >= 0.5 * area
     # only those can be ink: shape and context are measured for them alone
     big &= off | uniform
-    if not big.any():
-        return big
-    # the big components renumbered 1..nb in their order (so a dilation's max picks the same one)
-    big_ids = np.flatnonzero(big)
-    nb = big_ids.size + 1
-    compact = np.zeros(n, np.uint16 if nb <= 65535 else np.float32)
-    compact[big_ids] = np.arange(1, nb)
-    blabels = _lookup(compact, labels)
-    x, y, bw, bh = cv2.boundingRect(cv2.compare(blabels, 0, cv2.CMP_GT))
-    box = (slice(max(0, y - 3), y + bh + 3), slice(max(0, x - 3), x + bw + 3))
-    blabels = blabels[box]
-    inside = cv2.compare(blabels, 0, cv2.CMP_GT)  # 255 on the big components
-    # stroke shape: length / width = area / (2 r)², r = largest inscribed radius (distance transform),
-    # the maximum taken per component over its pixels; both on the components' own grid
-    dist = cv2.distanceTransform(inside, cv2.DIST_L2, 5)
-    # a component's largest distance is a local maximum (its neighbours are its own pixels or glass, at 0), so
-    # only the local maxima are scattered: a few per cent of the pixels, ufunc.at being slow per element
-    at = (dist > 0) & (dist >= cv2.dilate(dist, np.ones((3, 3), np.uint8)))
-    r_big = np.zeros(nb)
-    np.maximum.at(r_big, blabels[at].astype(np.intp), dist[at])
-    del dist, at  # a float per pixel of the box: free it before the ring's temporaries
-    elongation = _label_counts(blabels, None, nb)[1:] / np.maximum(2 * r_big[1:], 1) ** 2
-    # context: share of a ring of 3 mask pixels around the component that is background (a dilation of
-    # the labels gives each ring pixel the label of a component it is next to)
-    ring_px = 2 * max(1, round(3 / k)) + 1
-    ring_labels = cv2.dilate(blabels, np.ones((ring_px, ring_px), np.uint8))
-    ring = cv2.bitwise_and(cv2.compare(ring_labels, 0, cv2.CMP_GT), cv2.compare(inside, 0, cv2.CMP_EQ))
-    ring_n = _label_counts(ring_labels, ring, nb)[1:]
-    ring_bg = _label_counts(ring_labels, cv2.bitwise_and(ring, cv2.compare(tissue[box].view(np.uint8), 0, cv2.CMP_EQ)), nb)[1:]
-    keep = np.zeros(n, bool)
-    keep[big_ids] = (elongation >= float(p["ink_min_elongation"])) | (ring_bg >= 0.5 * np.maximum(ring_n, 1))
+    keep = np.zeros(big.size, bool)
+    # context: share of a ring of 3 mask pixels around the component that is background
+    ring_r = max(1, round(3 / k))
+    ring_se = np.ones((2 * ring_r + 1, 2 * ring_r + 1), np.uint8)
+    for i in np.flatnonzero(big):
+        box = _box(boxes[i], ring_r + 1, labels.shape)
+        inside = cv2.compare(labels[box], int(i), cv2.CMP_EQ)  # 255 on the component
+        # stroke shape: length / width = area / (2 r)², r = largest inscribed radius (distance transform),
+        # both on the components' own grid
+        r = cv2.minMaxLoc(cv2.distanceTransform(inside, cv2.DIST_L2, 5))[1]
+        elongation = int(boxes[i, 4]) / max(2 * r, 1) ** 2
+        ring = cv2.subtract(cv2.dilate(inside, ring_se), inside)
+        on_glass = cv2.countNonZero(cv2.bitwise_and(ring, cv2.compare(tissue[box].view(np.uint8), 0, cv2.CMP_EQ)))
+        keep[i] = elongation >= float(p["ink_min_elongation"]) or on_glass >= 0.5 * max(cv2.countNonZero(ring), 1)
     return keep
 
 
-def _grow_ink(strokes: np.ndarray, loose: np.ndarray, steps: int) -> np.ndarray:
-    """Accepted strokes (uint8 0/1) grown ``steps`` times into adjacent pixels of ``loose`` (uint8 0/1).
+def _grow_ink(
+    labels: np.ndarray, boxes: np.ndarray, ids: np.ndarray, loose: np.ndarray, steps: int
+) -> tuple[np.ndarray, list[tuple[slice, slice]]]:
+    """The components ``ids`` of ``labels`` (accepted strokes) grown ``steps`` times into adjacent pixels of
+    ``loose`` (uint8 0/1).
 
     Hysteresis: ink over tissue mixes with the stain, so the strokes grow into
     adjacent dense pixels of the looser colour test, one pixel at a time so
-    that it cannot flood the tissue. In the strokes' bounding box plus the
-    growth. Returns uint8 0/1 of the strokes' shape.
+    that it cannot flood the tissue. Each stroke grows in its own box
+    (``boxes``, as for :func:`_stroke_components`) plus the growth: the growth
+    of a union is the union of the growths. Returns the grown strokes (uint8
+    0/1, the shape of ``labels``) and the boxes (row, column slices) that hold them.
     """
-    pad = steps + 1
-    x, y, bw, bh = cv2.boundingRect(strokes)
-    box = (slice(max(0, y - pad), y + bh + pad), slice(max(0, x - pad), x + bw + pad))
-    ink = np.ascontiguousarray(strokes[box])
-    loose = loose[box]
-    grown = np.empty_like(ink)
-    for _ in range(steps):
-        cv2.dilate(ink, np.ones((3, 3), np.uint8), dst=grown)
-        cv2.bitwise_or(cv2.bitwise_and(grown, loose, dst=grown), ink, dst=ink)
-    out = np.zeros(strokes.shape, np.uint8)
-    out[box] = ink
-    return out
+    out = np.zeros(labels.shape, np.uint8)
+    held = []
+    se = np.ones((3, 3), np.uint8)
+    for i in ids:
+        box = _box(boxes[i], steps + 1, labels.shape)
+        ink = (labels[box] == i).view(np.uint8)
+        near = loose[box]
+        grown = np.empty_like(ink)
+        for _ in range(steps):
+            cv2.dilate(ink, se, dst=grown)
+            cv2.bitwise_or(cv2.bitwise_and(grown, near, dst=grown), ink, dst=ink)
+        np.bitwise_or(out[box], ink, out=out[box])
+        held.append(box)
+    return out, held
+
+
+def _on_finer_grid(box: tuple[slice, slice], k: int, coarse: tuple[int, int], fine: tuple[int, int]) -> tuple[slice, slice]:
+    """A box on a grid of blocks of ``k`` pixels (of shape ``coarse``) as the box on the pixel grid (``fine``)
+    it covers; the last block row and column also take the ``fine % k`` pixels left over."""
+    ys, xs = box
+    return (slice(ys.start * k, ys.stop * k if ys.stop < coarse[0] else fine[0]),
+            slice(xs.start * k, xs.stop * k if xs.stop < coarse[1] else fine[1]))  # fmt: skip
 
 
 #: transmittance 10^-OD of each density (uint8 in 1/OD_SCALE)
@@ -521,9 +525,11 @@ _TRANSMITTANCE = (10.0 ** (-np.arange(256) / OD_SCALE)).astype(np.float32)
 _EDGE_INK_COVER = 0.4
 
 
-def _ink_margin(strokes: np.ndarray, tissue: np.ndarray, density: np.ndarray, margin_px: float) -> np.ndarray:
+def _ink_margin(
+    strokes: np.ndarray, tissue: np.ndarray, density: np.ndarray, margin_px: float, boxes: list[tuple[slice, slice]]
+) -> np.ndarray:
     """The strokes' anti-aliased edge, in place: tissue pixels within a disk of ``margin_px`` of ``strokes``
-    (uint8 0/1) that are mostly ink become ink.
+    (uint8 0/1, contiguous) that are mostly ink become ink.
 
     A pixel of the level is the area mean of the light the slide lets through, so an edge pixel a fraction
     ``a`` covered by the stroke lets through about ``a`` times the transmittance ``10^-OD`` of the stroke's
@@ -531,40 +537,41 @@ def _ink_margin(strokes: np.ndarray, tissue: np.ndarray, density: np.ndarray, ma
     when ``a >=`` :data:`_EDGE_INK_COVER`: when its transmittance, from ``density`` (uint8 (H, W)), is at
     most that mix of the two local means, each over a square of ``2 margin + 3`` px (the edge pixels
     themselves left out of the second). Dilating by the whole disk instead labels the tissue around every
-    stroke ink as well (``docs/tissue.md``). Only the strokes' bounding box plus the window is looked at.
+    stroke ink as well (``docs/tissue.md``). Only the ``boxes`` (row, column slices) holding the strokes,
+    plus the margin, are looked at.
     """
     margin = _disk(margin_px)
     if margin is None:
         return strokes
     r = margin.shape[0] // 2
-    pad = 2 * r + 2
-    x, y, bw, bh = cv2.boundingRect(strokes)
-    if bw == 0:
-        return strokes
-    box = (slice(max(0, y - pad), y + bh + pad), slice(max(0, x - pad), x + bw + pad))
-    core = strokes[box]
-    on_tissue = tissue[box].view(np.uint8)
-    edge = cv2.subtract(cv2.bitwise_and(cv2.dilate(core, margin), on_tissue), core)  # 0/1, saturating
-    e = np.flatnonzero(edge.view(bool))  # edge is a fresh array: flat indices in the box
+    (h, w), flat = strokes.shape, strokes.reshape(-1)
+    boxes = [(slice(max(0, ys.start - r), min(h, ys.stop + r)), slice(max(0, xs.start - r), min(w, xs.stop + r)))
+             for ys, xs in boxes]  # fmt: skip
+    found = []
+    for ys, xs in boxes:
+        core = strokes[ys, xs]
+        edge = cv2.subtract(cv2.bitwise_and(cv2.dilate(core, margin), tissue[ys, xs].view(np.uint8)), core)
+        ey, ex = np.divmod(np.flatnonzero(edge.view(bool)), edge.shape[1])  # 0/1 as bool: 5x faster than uint8
+        found.append((ey + ys.start) * w + (ex + xs.start))
+    # the edge is a few per cent of the boxes (36 k pixels of 12.6 M on the generated slide); a pixel in two
+    # overlapping boxes is decided twice, the same way (all windows are read before any is written)
+    e = np.concatenate(found)
     if e.size:
-        # the window around each edge pixel, gathered: the edge is a few per cent of the box (36 k of 12.6 M
-        # pixels on the generated 8 µm/px slide), where box filters over the whole box cost 4x as long
-        (h, w), width = core.shape, strokes.shape[1]
+        # the window around each edge pixel, gathered: box filters over the boxes cost 4x as long
         dy, dx = (o.ravel() for o in np.mgrid[-r - 1 : r + 2, -r - 1 : r + 2])
         ey, ex = np.divmod(e, w)
-        at_box = e[:, None] + (dy * w + dx)
-        at = ((ey + box[0].start) * width + ex + box[1].start)[:, None] + (dy * width + dx)  # in the whole image
-        # the box reaches 2 r + 2 past the strokes, so a window leaves it only where it leaves the image
+        at = e[:, None] + (dy * w + dx)
         inside = np.ones(at.shape, bool)
         near = np.flatnonzero((ey <= r) | (ey >= h - r - 1) | (ex <= r) | (ex >= w - r - 1))
-        if near.size:
+        if near.size:  # windows that leave the image read their centre instead, and do not count it
             yy, xx = ey[near, None] + dy, ex[near, None] + dx
             inside[near] = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
-            at_box[near] = np.where(inside[near], at_box[near], e[near, None])
-            at[near] = np.where(inside[near], at[near], at[near, (dy.size - 1) // 2, None])
-        light = _TRANSMITTANCE[density.ravel()[at]]
-        is_ink = (strokes.ravel()[at] > 0) & inside
-        is_other = ~is_ink & (edge.ravel()[at_box] == 0) & inside
+            at[near] = np.where(inside[near], at[near], e[near, None])
+        flat[e] = 2  # the edge pixels, for the windows: neither stroke (1) nor other (0)
+        kind = flat[at]
+        light = cv2.LUT(density.ravel()[at], _TRANSMITTANCE)  # (n, window) float32
+        is_ink = (kind == 1) & inside
+        is_other = (kind == 0) & inside
 
         ones = np.ones(dy.size, np.float32)
 
@@ -573,8 +580,7 @@ def _ink_margin(strokes: np.ndarray, tissue: np.ndarray, density: np.ndarray, ma
             return ((light * where) @ ones) / np.maximum(where.view(np.uint8) @ ones, 1)
 
         a = _EDGE_INK_COVER
-        mostly_ink = light[:, (dy.size - 1) // 2] <= a * window_mean(is_ink) + (1 - a) * window_mean(is_other)
-        core[ey[mostly_ink], ex[mostly_ink]] = 1  # core is a view of strokes
-    cv2.bitwise_and(core, on_tissue, dst=core)  # ink is a label of tissue pixels (the k = 1 closing adds others)
+        flat[e] = light[:, (dy.size - 1) // 2] <= a * window_mean(is_ink) + (1 - a) * window_mean(is_other)
+    for ys, xs in boxes:  # ink is a label of tissue pixels (the k = 1 closing adds others)
+        cv2.bitwise_and(strokes[ys, xs], tissue[ys, xs].view(np.uint8), dst=strokes[ys, xs])
     return strokes
-

@@ -141,7 +141,8 @@ _METHOD_PARAMS: dict[str, dict[str, Any]] = {
         "ink_min_area_um2": 20000.0,
         # accepted strokes grow this far (µm) into adjacent dense pixels of a looser colour test
         "ink_grow_um": 48.0,
-        # the strokes' anti-aliased edge (µm): tissue pixels this close that are mostly ink join the ink
+        # the strokes' anti-aliased edge (µm, at least the pixels next to a stroke): tissue pixels this close
+        # that are mostly ink join the ink; 0 = off
         "ink_margin_um": 8.0,
         # the ink components, their shape, context and growth are measured on a grid this many mask
         # pixels wide (a block holding a candidate pixel is a candidate); 1 = on the mask grid itself

@@ -129,6 +129,24 @@ def test_od_synthetic_scenes_against_ground_truth(scenes, scene, min_iou, max_in
     assert (tissue_mask(path, 8.0, "otsu") == 255)[ink].mean() > 0.9
 
 
+def test_od_ink_edge_on_an_aperio_like_8_09_um_level(scenes):
+    """The four-marker scene read as if scanned at 0.5054 µm/px: the 8 µm mask reads level 4 at 8.09 µm/px
+    (f = 0.99, as the 32x level of an Aperio 0.2527 µm/px slide), where the 8 µm edge margin is 0.99 px. The
+    strokes' edge is still judged: 0.7 % of the ink stays tissue (4.7 % when 0.99 px was taken for no margin,
+    close to the 5 % bar)."""
+    from mask_first.synthetic import synthetic_pen_mask, synthetic_tissue_mask
+
+    path, spec = scenes["inks"]
+    ds = 8.0 / 0.5054  # mask pixel in level-0 pixels of the scene
+    truth = synthetic_tissue_mask(8192, 6144, downsample=ds, seed=spec["seed"])
+    ink = synthetic_pen_mask(8192, 6144, downsample=ds, pen_mark=True, inks=spec["inks"], seed=spec["seed"])
+    mask = tissue_mask(path, 8.0, mpp_override=0.5054)
+    assert mask.shape == (389, 518) and truth.shape == (388, 517)  # the mask's last row / column: past the slide
+    got = mask[:388, :517] == 255
+    assert got[ink].mean() < 0.02, got[ink].mean()
+    assert iou(got, truth & ~ink) >= 0.95, iou(got, truth & ~ink)
+
+
 @pytest.mark.parametrize("ink_mpp", [8.0, 4.0])  # the default, and the ink tests on the 4 µm/px mask grid itself
 def test_od_finds_ink_on_a_4_um_mask_as_at_8_um(scenes, ink_mpp):
     """A 4 µm/px mask of the four-marker H&E scene: ink is found on 8 µm blocks (``ink_mpp``) and its edge on

@@ -8,13 +8,20 @@ import cv2
 import numpy as np
 
 
+#: radii in pixels come from µm over a level's µm/px, and scanners' pixel sizes differ by about 1 % from the
+#: round figures (0.2527 µm/px: an 8 µm radius on its 32x level is 0.99 px); a disk takes radii this much
+#: larger, so such a radius gives the disk it gives at the round pixel size, not the one a pixel smaller
+_DISK_SLACK = 0.02
+
+
 def _disk(radius_px: float) -> np.ndarray | None:
-    """Disk structuring element ``dx² + dy² <= r²`` (None when it is a single pixel)."""
-    r = int(math.floor(radius_px + 1e-9))
+    """Disk structuring element ``dx² + dy² <= (r (1 + _DISK_SLACK))²`` (None when it is a single pixel)."""
+    radius = radius_px * (1 + _DISK_SLACK)
+    r = int(math.floor(radius))
     if r < 1:
         return None
     yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
-    return ((xx * xx + yy * yy) <= radius_px * radius_px + 1e-9).astype(np.uint8)
+    return ((xx * xx + yy * yy) <= radius * radius).astype(np.uint8)
 
 
 def _close_open(tissue: np.ndarray, closing_px: float, opening_px: float) -> np.ndarray:

@@ -393,9 +393,7 @@ def _ink(
     def steps_of(grid_mpp: float) -> int:  # the growth in pixels of a grid
         return max(1, round(float(p["ink_grow_um"]) / grid_mpp))
 
-    # at least the pixels next to a stroke: 8 µm at the 8.09 µm/px level of a 0.2527 µm/px slide is 0.99 px, a
-    # disk of the centre alone, and the edge rule would be off on such slides (4.8 % of the ink kept as tissue at
-    # 8.1 µm/px on the evaluation's four-marker slide, 0.2 % at 8)
+    # at least the pixels next to a stroke, also on a coarser level (16.8 µm/px DICOM at an 8 µm mask)
     margin_px = max(1.0, float(p["ink_margin_um"]) / mpp) if float(p["ink_margin_um"]) > 0 else 0.0
     h, w = tissue.shape
     k = int(p["ink_grid"])

@@ -46,6 +46,18 @@ def test_closing_opening_match_reference(shape, close_r, open_r):
     np.testing.assert_array_equal(got, ref)
 
 
+@pytest.mark.parametrize(("radius_um", "offsets"), [(8.0, 5), (16.0, 13), (24.0, 29)])
+def test_disk_is_the_same_on_a_scanner_pixel_one_percent_larger(radius_um, offsets):
+    """A radius in µm gives the same disk on an 8.09 µm/px level (the 32x level of a 0.2527 µm/px scanner) as on
+    an 8 µm/px one: 8 µm is 0.99 px there, and without slack the disk lost its ring (1 px instead of the 3 x 3
+    cross, 16 µm a 3 x 3 square instead of the 13-px disk). Hand-counted pixels; 10 % short is not rounded up."""
+    round_disk = morphology._disk(radius_um / 8.0)
+    assert int(round_disk.sum()) == offsets
+    np.testing.assert_array_equal(morphology._disk(radius_um / 8.0864), round_disk)
+    smaller = morphology._disk(0.9 * radius_um / 8.0)
+    assert smaller is None if radius_um == 8.0 else int(smaller.sum()) < offsets
+
+
 def test_small_objects_removed_and_enclosed_holes_filled():
     img = np.full((400, 400, 3), 240, np.uint8)
     img[40:360, 40:200] = TISSUE_RGB  # big block ...

@@ -7,7 +7,6 @@ tests/slurm_cluster.py.
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 

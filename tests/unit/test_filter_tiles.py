@@ -13,7 +13,6 @@ import json
 from fractions import Fraction as F
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 

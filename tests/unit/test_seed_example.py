@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import openslide
-import pandas as pd
 import pytest
 import tifffile
 

@@ -233,6 +233,38 @@ def test_od_tissue_cut_off_by_an_ink_stroke_stays_tissue():
     assert (mask[15:55, 15:135] == 255).all()
 
 
+@pytest.mark.parametrize("cost", [0, 10**9])  # the undecided windows' squares box-filtered / gathered
+@pytest.mark.parametrize("shape", [(1, 9), (2, 2), (3, 40), (61, 83)])
+def test_smoothness_is_the_brute_force_coefficient_of_variation(monkeypatch, shape, cost):
+    """``smooth`` of the ink features is std < ink_max_cv x mean over each 3 x 3 window of the density, the
+    border reflected as OpenCV's box filter does (numpy's pad mode "reflect"), computed here in floats per
+    window. The densities mix flat patches (smooth), noise of several amplitudes (either side of the bound,
+    where the range cannot decide) and texture, on images down to one row."""
+    monkeypatch.setattr(od_method, "_GATHERED_WINDOW_COST", cost)
+    rng = np.random.default_rng(shape[0] * 1000 + shape[1])
+    h, w = shape
+    base = rng.integers(30, 200, (h, w)).astype(float)
+    base[: h // 2] = rng.integers(30, 200)  # a flat patch
+    noise = rng.normal(0, 1, (h, w)) * rng.choice([0, 2, 6, 12, 40], (h, w))
+    density = np.clip(np.rint(base + noise), 1, 255).astype(np.uint8)
+    pad = density.astype(float)
+    for axis, n in enumerate(shape):  # a single row or column has nothing to reflect: OpenCV repeats it
+        pad = np.pad(pad, [(1, 1) if a == axis else (0, 0) for a in range(2)], mode="reflect" if n > 1 else "edge")
+    win = np.lib.stride_tricks.sliding_window_view(pad, (3, 3)).reshape(h, w, 9)
+    expected = win.std(axis=2) < 0.15 * win.mean(axis=2)
+    if shape == (61, 83):  # both outcomes, and windows whose range leaves the outcome open (4.5 R² < (cv s1)² <= 20 R²)
+        spread, bound = np.ptp(win, axis=2) ** 2, (0.15 * win.sum(axis=2)) ** 2
+        assert expected.any() and not expected.all()
+        assert ((4.5 * spread < bound) & (bound <= 20 * spread)).sum() >= 20
+    idx = np.flatnonzero(rng.random(h * w) < 0.7)  # the dense pixels: some of them, in strips of 16 rows
+    monkeypatch.setattr(od_method, "_FEATURE_ROWS", 16)
+    rgb = np.full((h, w, 3), 128, np.uint8)
+    lut3 = np.zeros((256, 1, 3), np.uint8)
+    p = tissue_mod.default_params("od")
+    smooth = od_method._ink_features(rgb, lut3, density, idx, np.array([1.0, 0, 0]), p, 50)[0]
+    np.testing.assert_array_equal(smooth, expected.ravel()[idx])
+
+
 @pytest.mark.parametrize("rows", [7, 64, 100_000])  # many strips (an odd remainder), a few, one
 def test_ink_features_do_not_depend_on_the_strips(monkeypatch, rows):
     """The per-pixel ink tests on strips of any height equal those on the whole pen scene at once (the 3 x 3

@@ -70,6 +70,11 @@ from .threshold import _hist
 OD_SCALE = 100
 
 
+def _od_steps(od: Any) -> int:
+    """An optical density (a parameter) in the 1/OD_SCALE steps of the density image."""
+    return round(float(od) * OD_SCALE)
+
+
 #: slide statistics (white point, stain colour) are taken on a grid of about this many pixels
 _SAMPLE = 50_000
 
@@ -101,12 +106,12 @@ def _od_labels(
     # OD up at the pixels they read (lut3, :func:`_od_at`)
     lut3 = lut.astype(np.uint8).reshape(256, 1, 3)
     # mean OD over R, G, B (uint8), and where ink can be: the pixels of density >= ink_min_od
-    ink_min = round(float(p["ink_min_od"]) * OD_SCALE)
+    ink_min = _od_steps(p["ink_min_od"])
     density, dense = _od_density(rgb, lut3, ink_min if p["detect_ink"] else None)
     step = _sample_step(density[inner].size, 16)
     threshold, stats = _od_threshold(density[inner][::step, ::step], p)
     stats["white_point"] = [round(float(v), 1) for v in white]
-    t = round(threshold * OD_SCALE)
+    t = _od_steps(threshold)
     tissue = density >= t
     closing, opening = float(p["closing_um"]) / mpp, float(p["opening_um"]) / mpp
     morphology = _disk(closing) is not None or _disk(opening) is not None
@@ -162,7 +167,7 @@ def _ink_at_ink_mpp(
         found = _ink(rgb, lut3, density, tissue, dense, threshold, mpp, p, stats)
         return None if found is None else found[0]
     block = cv2.resize(rgb[: hc * k, : wc * k], (wc, hc), interpolation=cv2.INTER_AREA)
-    ink_min = round(float(p["ink_min_od"]) * OD_SCALE)
+    ink_min = _od_steps(p["ink_min_od"])
     density_c, dense_c = _od_density(block, lut3, ink_min)
     found = _ink(block, lut3, density_c, density_c >= threshold, dense_c, threshold, mpp * k, p, stats)
     if found is None:
@@ -226,7 +231,7 @@ def _od_threshold(density: np.ndarray, p: dict[str, Any]) -> tuple[float, dict[s
     tissue edges, a few per cent).
     """
     hist = _hist(density)
-    lo, hi = round(float(p["faint_min_od"]) * OD_SCALE), round(float(p["min_od"]) * OD_SCALE)
+    lo, hi = _od_steps(p["faint_min_od"]), _od_steps(p["min_od"])
     between, above = int(hist[lo:hi].sum()), int(hist[hi:].sum())
     faint = between >= 0.5 * above and between >= 0.01 * density.size
     used = float(p["faint_min_od"]) if faint else float(p["min_od"])
@@ -410,7 +415,7 @@ def _ink(
     grown strokes keep their candidate or loose pixels and get the margin.
     """
     # colour features only where ink can be: dense tissue pixels (a fraction of the slide), as flat vectors
-    ink_min = round(float(p["ink_min_od"]) * OD_SCALE)
+    ink_min = _od_steps(p["ink_min_od"])
     idx = dense[density.ravel()[dense] >= threshold] if ink_min < threshold else dense
     stats["ink_components"] = 0
     if idx.size == 0:

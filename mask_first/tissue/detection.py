@@ -138,7 +138,7 @@ _METHOD_PARAMS: dict[str, dict[str, Any]] = {
         # ink components: length/width at least this, unless mostly on glass
         "ink_min_elongation": 5.0,
         # ink components smaller than this (µm²) are ignored
-        "ink_min_area_um2": 20000.0,
+        "ink_min_area_um2": 8000.0,
         # accepted strokes grow this far (µm) into adjacent dense pixels of a looser colour test
         "ink_grow_um": 48.0,
         # the strokes' anti-aliased edge (µm, at least the pixels next to a stroke): tissue pixels this close

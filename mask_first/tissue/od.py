@@ -408,7 +408,7 @@ def _ink(
     candidate components, their shape and context tests
     (:func:`_stroke_components`) and the growth run on a grid ``k =
     ink_grid`` times coarser. Ink is a large object (``ink_min_area_um2``,
-    20000 µm², is 312 px at 8 µm/px), so a coarse pixel holding any candidate
+    8000 µm², is 125 px at 8 µm/px), so a coarse pixel holding any candidate
     is a candidate, a component's area and votes are counts of its mask
     pixels, and each full-image pass of that analysis (labelling, distance
     transform, ring, growth) costs 1/k² as much. Back on the mask grid, the

@@ -16,7 +16,12 @@ and returns the label image (:mod:`mask_first.tissue.labels`) and what it measur
    mean OD ``>= ink_min_od``; (c) **off the slide's own stain**: its OD
    colour (unit OD vector) is more than ``ink_min_angle_deg`` away from
    the median colour of this slide's tissue (ink is a minority of it), or
-   it is neutral and opaque (black marker). Candidate pixels form
+   it is neutral and opaque (black marker). A pixel much denser than the
+   slide's tissue (twice ``ink_min_od``, and ``ink_same_hue_min_ratio``
+   times its median) is a candidate already when it is smooth or
+   0.6 x ``ink_min_angle_deg`` off the stain: a marker over tissue adds
+   its OD to the tissue's, which draws its hue toward the stain (a red
+   marker over pink tissue lies 10-15° from it). Candidate pixels form
    components; a component is ink only if it is also **stroke-shaped**
    (length / width = area / (2 r)², r the largest inscribed radius, at
    least ``ink_min_elongation``) or lies mostly on glass (>= half of a
@@ -342,8 +347,8 @@ def _ink_features(
     Returns boolean vectors over ``idx``: ``smooth`` (local 3 x 3 coefficient
     of variation of the density below ``ink_max_cv``), ``off`` (colour more than
     ``ink_min_angle_deg`` from the stain ``ref``, or neutral and opaque),
-    ``cand`` (off, or smooth and of density at least ``same_min``, in
-    1/OD_SCALE: ink of the stain's own hue), ``loose`` (the growth test: 0.6 x the angle, or smooth). Computed
+    ``cand`` (off, or of density at least ``same_min``, in 1/OD_SCALE, and smooth or 0.6 x the angle off:
+    ink of the stain's own hue, or over tissue), ``loose`` (the growth test: 0.6 x the angle, or smooth). Computed
     in strips of up to :data:`_FEATURE_ROWS` rows (:func:`_strip_rows`), two at a time on two threads
     (numpy and OpenCV release the GIL), so the float temporaries stay a few
     strips in size.
@@ -380,8 +385,9 @@ def _ink_features(
         smooth = _smooth(rows, i - y0 * w, density, i, float(p["ink_max_cv"]))
         off = (dot <= np.float32(cos_off) * norm) | black
         out[0][lo:hi], out[1][lo:hi] = smooth, off
-        out[2][lo:hi] = off | (smooth & (d >= same_min))
-        out[3][lo:hi] = (dot <= np.float32(cos_loose) * norm) | smooth
+        loose_angle = dot <= np.float32(cos_loose) * norm
+        out[2][lo:hi] = off | ((smooth | loose_angle) & (d >= same_min))
+        out[3][lo:hi] = loose_angle | smooth
 
     if len(bounds) <= 2:
         strip(0)

@@ -149,26 +149,33 @@ def test_od_ink_edge_on_an_aperio_like_8_09_um_level(scenes):
 
 @pytest.mark.parametrize("ink_mpp", [8.0, 4.0])  # the default, and the ink tests on the 4 µm/px mask grid itself
 def test_od_finds_ink_on_a_4_um_mask_as_at_8_um(scenes, ink_mpp):
-    """A 4 µm/px mask of the four-marker H&E scene: ink is found on 8 µm blocks (``ink_mpp``) and its edge on
-    the mask grid. On the mask grid itself the red marker's segment across the pink tissue stays tissue (8.5 %
-    of the ink on the evaluation slide of the same seed)."""
+    """4 µm/px masks: ink is found on 8 µm blocks (``ink_mpp``) and its edge on the mask grid. On the mask grid
+    itself the blue marker on the blue-stained scene, textured by the tissue through it at 4 µm/px, is
+    smooth in fewer windows: 15 % of it stays tissue, 5 % on 8 µm blocks (the four-marker H&E scene's red
+    marker over pink tissue, once the case for ``ink_mpp``, is found either way since dense pixels 0.6 x the
+    angle off the stain are candidates)."""
     from mask_first.synthetic import synthetic_pen_mask, synthetic_tissue_mask
 
-    path, spec = scenes["inks"]
-    geometry = {"seed": spec["seed"]}
-    truth = synthetic_tissue_mask(8192, 6144, downsample=8, **geometry)
-    ink = synthetic_pen_mask(8192, 6144, downsample=8, pen_mark=True, inks=spec["inks"], **geometry)
-    mask = tissue_mask(path, 4.0, ink_mpp=ink_mpp)
-    assert mask.shape == truth.shape == (768, 1024)
-    got = mask == 255
+    def ink_kept(scene: str) -> tuple[np.ndarray, np.ndarray, float]:
+        path, spec = scenes[scene]
+        ink = synthetic_pen_mask(8192, 6144, downsample=8, pen_mark=spec["pen_mark"], inks=spec["inks"],
+                                 seed=spec["seed"])  # fmt: skip
+        mask = tissue_mask(path, 4.0, ink_mpp=ink_mpp)
+        assert mask.shape == ink.shape == (768, 1024)
+        return mask, ink, float((mask == 255)[ink].mean())
+
+    blue_kept = ink_kept("blue")[2]
     if ink_mpp == 8.0:
-        assert got[ink].mean() < 0.03, got[ink].mean()
-        assert iou(got, truth & ~ink) >= 0.93, iou(got, truth & ~ink)
+        assert blue_kept < 0.08, blue_kept
+        mask, ink, kept = ink_kept("inks")
+        truth = synthetic_tissue_mask(8192, 6144, downsample=8, seed=scenes["inks"][1]["seed"])
+        assert kept < 0.03, kept
+        assert iou(mask == 255, truth & ~ink) >= 0.93, iou(mask == 255, truth & ~ink)
         # the ink label agrees with the 8 µm/px mask's, block for block
-        ink8 = np.repeat(np.repeat(tissue_mask(path, 8.0) == tissue_mod.INK, 2, axis=0), 2, axis=1)
+        ink8 = np.repeat(np.repeat(tissue_mask(scenes["inks"][0], 8.0) == tissue_mod.INK, 2, axis=0), 2, axis=1)
         assert iou(mask == tissue_mod.INK, ink8) >= 0.85, iou(mask == tissue_mod.INK, ink8)
     else:
-        assert got[ink].mean() > 0.05, got[ink].mean()
+        assert blue_kept > 0.10, blue_kept
 
 
 def test_od_blue_stain_survives_where_saturation_wipes_it(scenes):
@@ -339,6 +346,23 @@ def test_short_thin_strokes_over_tissue_are_ink():
     assert (mask[15:35, 15:145] == 255).all() and (mask[50:75, 15:145] == 255).all()
     old = tissue_mask(ArraySlide([img], mpp=8.0), 8.0, ink_min_area_um2=20000)
     assert not (old == tissue_mod.INK).any()
+
+
+def test_red_marker_lying_on_pink_tissue_is_ink(tmp_path):
+    """The evaluation's four-marker H&E scene on 3 x 2.3 mm (6144 x 4608 px at 0.5 µm/px): its red marker lies
+    on the pink tissue for all its length, 10-15° from the stain (its OD adds to the tissue's) and textured
+    through, so neither off the stain nor smooth. Being three times denser than the tissue and 0.6 x the
+    angle off, it is a candidate: 0.3 % of the ink stays tissue (8.5 % when only smooth pixels that dense
+    were candidates)."""
+    from mask_first.synthetic import synthetic_pen_mask, synthetic_tissue_mask, write_synthetic_slide
+
+    spec = dict(seed=11, stain="he", pen_mark=True, inks=("blue", "green", "black", "red"), dust=60)
+    path = write_synthetic_slide(tmp_path / "he-ink-dust.tiff", 6144, 4608, mpp=0.5, workers=2, **spec)
+    truth = synthetic_tissue_mask(6144, 4608, downsample=16, seed=11)
+    ink = synthetic_pen_mask(6144, 4608, downsample=16, pen_mark=True, inks=spec["inks"], seed=11)
+    got = tissue_mask(path, 8.0) == 255
+    assert got[ink].mean() < 0.02, got[ink].mean()
+    assert iou(got, truth & ~ink) >= 0.95, iou(got, truth & ~ink)
 
 
 def test_dense_core_biopsy_strip_stays_tissue():

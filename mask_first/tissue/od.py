@@ -297,10 +297,15 @@ def _smooth(rows: np.ndarray, j: np.ndarray, density: np.ndarray, i: np.ndarray,
     a 32-bit box filter of the squares (27 of the 62 ms this function's strips took on it, one thread).
     """
     s1 = cv2.boxFilter(rows, cv2.CV_16U, (3, 3), normalize=False).ravel()[j].astype(np.int64)
-    se = np.ones((3, 3), np.uint8)
-    spread = cv2.subtract(cv2.dilate(rows, se), cv2.erode(rows, se)).ravel()[j].astype(np.int64)
     s1 *= s1
     bound = cv * cv * s1
+    if j.size > _RANGE_TEST_MAX_SHARE * rows.size:
+        # a densely covered strip (the bone DICOM's marrow: 40 % of its pixels, a third of them undecided by the
+        # range): the squares' box filter over the strip at once is the cheaper
+        s2 = cv2.boxFilter(cv2.LUT(rows, _SQUARES_U16), cv2.CV_32S, (3, 3), normalize=False).ravel()[j]
+        return 9 * s2 - s1 < bound
+    se = np.ones((3, 3), np.uint8)
+    spread = cv2.subtract(cv2.dilate(rows, se), cv2.erode(rows, se)).ravel()[j].astype(np.int64)
     spread *= spread
     smooth = 20 * spread < bound
     unsure = np.flatnonzero(~smooth & (4.5 * spread < bound))
@@ -326,6 +331,9 @@ def _smooth(rows: np.ndarray, j: np.ndarray, density: np.ndarray, i: np.ndarray,
 #: squares of 0..255, lookups for the windows' sums of squares (gathered, and box-filtered in 32 bits)
 _SQUARES = (np.arange(256) ** 2).astype(np.float32)
 _SQUARES_U16 = (np.arange(256) ** 2).astype(np.uint16)
+
+#: the range decides the smoothness first only on strips where the pixels tested are at most this share
+_RANGE_TEST_MAX_SHARE = 0.25
 
 #: a window's sum of squares gathered costs about as much as this many pixels of a strip's box filter
 #: (125 against 2.2 ns, measured on the bone DICOM and the generated slide)

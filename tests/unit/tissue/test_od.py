@@ -240,13 +240,18 @@ def test_od_tissue_cut_off_by_an_ink_stroke_stays_tissue():
     assert (mask[15:55, 15:135] == 255).all()
 
 
-@pytest.mark.parametrize("cost", [0, 10**9])  # the undecided windows' squares box-filtered / gathered
+@pytest.mark.parametrize(("share", "cost"), [
+    (0.0, 0),  # every strip dense: the squares box-filtered at once
+    (2.0, 0),  # the range first, the undecided windows' squares box-filtered
+    (2.0, 10**9),  # the range first, the undecided windows' squares gathered
+])  # fmt: skip
 @pytest.mark.parametrize("shape", [(1, 9), (2, 2), (3, 40), (61, 83)])
-def test_smoothness_is_the_brute_force_coefficient_of_variation(monkeypatch, shape, cost):
+def test_smoothness_is_the_brute_force_coefficient_of_variation(monkeypatch, shape, share, cost):
     """``smooth`` of the ink features is std < ink_max_cv x mean over each 3 x 3 window of the density, the
     border reflected as OpenCV's box filter does (numpy's pad mode "reflect"), computed here in floats per
     window. The densities mix flat patches (smooth), noise of several amplitudes (either side of the bound,
     where the range cannot decide) and texture, on images down to one row."""
+    monkeypatch.setattr(od_method, "_RANGE_TEST_MAX_SHARE", share)
     monkeypatch.setattr(od_method, "_GATHERED_WINDOW_COST", cost)
     rng = np.random.default_rng(shape[0] * 1000 + shape[1])
     h, w = shape

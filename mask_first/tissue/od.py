@@ -299,21 +299,22 @@ def _smooth(rows: np.ndarray, j: np.ndarray, density: np.ndarray, i: np.ndarray,
     s1 = cv2.boxFilter(rows, cv2.CV_16U, (3, 3), normalize=False).ravel()[j].astype(np.int64)
     s1 *= s1
     bound = cv * cv * s1
+
+    def strip_s2() -> np.ndarray:  # the window sums of squares of the whole strip, flat
+        return cv2.boxFilter(cv2.LUT(rows, _SQUARES_U16), cv2.CV_32S, (3, 3), normalize=False).ravel()
+
     if j.size > _RANGE_TEST_MAX_SHARE * rows.size:
         # a densely covered strip (the bone DICOM's marrow: 40 % of its pixels, a third of them undecided by the
         # range): the squares' box filter over the strip at once is the cheaper
-        s2 = cv2.boxFilter(cv2.LUT(rows, _SQUARES_U16), cv2.CV_32S, (3, 3), normalize=False).ravel()[j]
-        return 9 * s2 - s1 < bound
+        return 9 * strip_s2()[j] - s1 < bound
     se = np.ones((3, 3), np.uint8)
     spread = cv2.subtract(cv2.dilate(rows, se), cv2.erode(rows, se)).ravel()[j].astype(np.int64)
     spread *= spread
     smooth = 20 * spread < bound
     unsure = np.flatnonzero(~smooth & (4.5 * spread < bound))
     if unsure.size * _GATHERED_WINDOW_COST > rows.size:
-        # many (36 % of the bone DICOM's dense pixels: marrow's texture sits near the bound): the box filter of
-        # the squares over the strip costs less than the windows gathered one by one
-        s2 = cv2.boxFilter(cv2.LUT(rows, _SQUARES_U16), cv2.CV_32S, (3, 3), normalize=False).ravel()[j[unsure]]
-        smooth[unsure] = 9 * s2 - s1[unsure] < bound[unsure]
+        # many undecided (texture near the bound): the strip's box filter costs less than their windows gathered
+        smooth[unsure] = 9 * strip_s2()[j[unsure]] - s1[unsure] < bound[unsure]
     elif unsure.size:
         h, w = density.shape
         at = i[unsure, None] + (np.arange(-1, 2)[:, None] * w + np.arange(-1, 2)).ravel()  # (n, 9) flat indices

@@ -7,7 +7,6 @@ blue, debris (32) orange; any other non-zero label of a user mask magenta.
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from mask_first.slides import Slide
